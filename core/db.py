@@ -1,0 +1,129 @@
+"""The data layer: one peewee ``DatabaseProxy``, a connection per request, job and message,
+and versioned migrations kept per plugin.
+
+Models subclass :class:`Model`; the app factory points the proxy at the configured database.
+Each plugin keeps its own migrations folder and its own history table
+(``<plugin>_schema_migrations``), so plugins are upgraded independently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import peewee
+from playhouse import db_url
+from playhouse.migrations import Runner
+
+database = peewee.DatabaseProxy()
+
+
+class Model(peewee.Model):
+    """Base class for every Caredeck model (core and plugins)."""
+
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class UTCDateTimeField(peewee.DateTimeField):
+    """A moment in time: takes aware datetimes, stores naive UTC, returns aware UTC.
+
+    Storing naive UTC keeps SQLite and PostgreSQL (``timestamp``) identical and independent
+    of the server's time zone; refusing naive input stops local times slipping in unlabelled.
+    """
+
+    def db_value(self, value):
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                raise ValueError(f"{self.name}: a naive datetime is ambiguous; pass an aware one")
+            value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value):
+        value = super().python_value(value)
+        if isinstance(value, datetime.datetime):
+            return value.replace(tzinfo=datetime.UTC)
+        return value
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def connect(url: str) -> peewee.Database:
+    """Open the database named by ``url`` (not yet connected)."""
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets the web app read while a job writes; the busy timeout makes a writer
+        # wait for the lock instead of failing at once.
+        return db_url.connect(
+            url,
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10_000},
+            check_same_thread=False,
+        )
+    return db_url.connect(url, autoconnect=True)
+
+
+def init_app(app) -> None:
+    """Point the proxy at the app's database and open a connection per request."""
+    database.initialize(connect(app.config["DATABASE_URL"]))
+
+    @app.before_request
+    def _open_connection() -> None:
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close_connection(exc: BaseException | None) -> None:
+        if not database.is_closed():
+            database.close()
+
+
+def is_sqlite() -> bool:
+    return isinstance(database.obj, peewee.SqliteDatabase)
+
+
+@contextlib.contextmanager
+def _upgrade_lock() -> Iterator[None]:
+    """Serialise concurrent upgrades (two pods starting at once) on PostgreSQL."""
+    if is_sqlite():  # SQLite takes a write lock for each migration already.
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(b"caredeck-migrations").digest()[:8], "big", signed=True)
+    database.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
+    try:
+        yield
+    finally:
+        database.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _runner(owner: str, directory: Path) -> Runner:
+    return Runner(database.obj, str(directory), table_name=f"{owner}_schema_migrations")
+
+
+def upgrade(sources: Mapping[str, Path]) -> dict[str, list[str]]:
+    """Apply every pending migration, owner by owner (``core`` first). Idempotent.
+
+    ``sources`` maps an owner (``core`` or a plugin name) to its migrations folder.
+    Returns the names applied per owner.
+    """
+    applied: dict[str, list[str]] = {}
+    with database.connection_context(), _upgrade_lock():
+        for owner, directory in sources.items():
+            applied[owner] = _runner(owner, directory).up()
+    return applied
+
+
+def pending(sources: Mapping[str, Path]) -> dict[str, list[str]]:
+    """Migrations not yet applied, per owner (only owners with something pending)."""
+    result = {}
+    for owner, directory in sources.items():
+        names = [m.name for m in _runner(owner, directory).status() if not m.applied]
+        if names:
+            result[owner] = names
+    return result
