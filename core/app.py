@@ -1,0 +1,258 @@
+"""The one app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import flask
+import flask_smorest
+import peewee
+
+import core
+from core import api as api_module
+from core import dashboard, db, health, plugins, requestlog
+from core.auth import access
+from core.auth import api as auth_api
+from core.config import CORE_SETTINGS, ConfigError, Setting, read_settings
+from core.dashboard import ChartSection, NavItem
+from core.messaging import QueueConsumer
+from jobs import Job
+from jobs.broker import JobQueue
+from static import STATIC_FOLDER
+
+CORE_MIGRATIONS = Path(core.__file__).parent / "migrations"
+CORE_COMMANDS = {
+    "serve",
+    "db",
+    "plugins",
+    "users",
+    "seed",
+    "worker",
+    "consume",
+    "routes",
+    "run",
+    "shell",
+}
+
+
+@dataclass
+class Caredeck:
+    """What the core keeps on the app (``app.extensions["caredeck"]``), not in globals, so
+    that tests can build apps with different plugins side by side."""
+
+    manager: Any
+    plugins: dict[str, plugins.Plugin]
+    api: flask_smorest.Api
+    jobs: JobQueue
+    migration_sources: dict[str, Path] = field(default_factory=dict)
+    navigation: list[NavItem] = field(default_factory=list)
+    chart_sections: dict[str, ChartSection] = field(default_factory=dict)
+    consumers: list[QueueConsumer] = field(default_factory=list)
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None, *, plugin_objects: Mapping[str, Any] | None = None
+) -> flask.Flask:
+    """Build the app.
+
+    ``config`` overrides settings by name (``{"DATABASE_URL": ...}``); everything else comes
+    from ``CAREDECK_*`` environment variables or the embedded defaults. ``plugin_objects``
+    (name to module or object) replaces entry-point discovery; ``core.testing`` uses it.
+    Raises :class:`ConfigError` or :class:`PluginError` with one sentence naming the problem.
+    """
+    settings = read_settings(CORE_SETTINGS, config)
+    requestlog.configure(settings["LOG_LEVEL"])
+    if plugin_objects is not None:
+        manager = plugins.load(plugins.direct(plugin_objects), None)
+    else:
+        manager = plugins.load(plugins.installed(), settings["PLUGINS"])
+    loaded = _describe(manager, plugin_objects)
+
+    app = flask.Flask(
+        "core",
+        instance_path=settings["INSTANCE_PATH"],
+        static_folder=str(STATIC_FOLDER),
+        static_url_path="/static",
+    )
+    app.config.update(settings)
+    for name, setting_list in plugins.call(manager, "caredeck_settings", app=app).items():
+        app.config.update(_plugin_settings(name, setting_list, config, app.config))
+    app.config.update(
+        MAX_CONTENT_LENGTH=64 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+
+    requestlog.init_app(app)  # first, so that every response carries a request id
+    db.init_app(app)
+    access.init_app(app)
+    state = Caredeck(
+        manager=manager,
+        plugins=loaded,
+        api=api_module.init_app(app),
+        jobs=JobQueue(app, settings["DRAMATIQ_URL"]),
+        migration_sources={"core": CORE_MIGRATIONS},
+    )
+    app.extensions["caredeck"] = state
+    app.register_blueprint(health.health)
+    dashboard.init_app(app)
+    state.api.register_blueprint(auth_api.blp)
+
+    _register_plugins(app, state)
+    _refuse_undeclared_routes(app, state)
+    plugins.call(manager, "caredeck_startup", app=app)
+    return app
+
+
+def _describe(manager, plugin_objects) -> dict[str, plugins.Plugin]:
+    versions = {c.name: c for c in plugins.installed()} if plugin_objects is None else {}
+    loaded = {}
+    for name, obj in manager.list_name_plugin():
+        candidate = versions.get(name)
+        loaded[name] = plugins.Plugin(
+            name,
+            obj,
+            version=candidate.version if candidate else getattr(obj, "__version__", ""),
+            distribution=candidate.distribution if candidate else "",
+        )
+    return loaded
+
+
+def _plugin_settings(name: str, declared: list[Setting], overrides, known) -> dict[str, Any]:
+    taken = set(known)
+    for setting in declared:
+        _expect(name, "caredeck_settings", setting, Setting, "core.config.Setting objects")
+        if not setting.name.startswith(name.upper() + "_") or setting.name in taken:
+            raise plugins.PluginError(
+                f"Plugin {name!r} declares setting {setting.name!r}; its settings must start "
+                f"with '{name.upper()}_' and not repeat another setting."
+            )
+        taken.add(setting.name)
+    try:
+        return read_settings(declared, overrides, known=known)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (a setting of plugin {name!r})") from None
+
+
+def _expect(plugin: str, hook: str, item: Any, kind: type, description: str) -> None:
+    if not isinstance(item, kind):
+        raise plugins.PluginError(
+            f"Plugin {plugin!r}: {hook} must return {description}, got {item!r}."
+        )
+
+
+def _register_plugins(app: flask.Flask, state: Caredeck) -> None:
+    call = lambda hook: plugins.call(state.manager, hook, app=app)  # noqa: E731
+    owners: dict[str, dict[str, str]] = {}
+
+    def claim(kind: str, plugin: str, name: str, separator: str = "_") -> None:
+        plugins.check_owned(plugin, kind, name, separator)
+        plugins.check_unique(kind, owners.setdefault(kind, {}), name, plugin)
+        owners[kind][name] = plugin
+        state.plugins[plugin].registered.setdefault(kind, []).append(name)
+
+    for plugin, models in call("caredeck_models").items():
+        for model in models:
+            if not (isinstance(model, type) and issubclass(model, peewee.Model)):
+                raise plugins.PluginError(
+                    f"Plugin {plugin!r}: caredeck_models must return peewee model classes, "
+                    f"got {model!r}."
+                )
+            claim("table", plugin, model._meta.table_name)
+
+    for plugin, folders in call("caredeck_migrations").items():
+        if len(folders) != 1 or not Path(folders[0]).is_dir():
+            raise plugins.PluginError(
+                f"Plugin {plugin!r}: caredeck_migrations must return one existing folder, "
+                f"got {folders!r}."
+            )
+        state.migration_sources[plugin] = Path(folders[0])
+        state.plugins[plugin].registered["migrations"] = [str(folders[0])]
+
+    for plugin, blueprints in call("caredeck_api_blueprints").items():
+        for blueprint in blueprints:
+            claim("API blueprint", plugin, blueprint.name)
+            state.api.register_blueprint(blueprint)
+
+    for plugin, blueprints in call("caredeck_page_blueprints").items():
+        for blueprint in blueprints:
+            claim("page blueprint", plugin, blueprint.name)
+            app.register_blueprint(blueprint)
+
+    for plugin, items in call("caredeck_navigation").items():
+        for item in items:
+            _expect(plugin, "caredeck_navigation", item, NavItem, "core.dashboard.NavItem objects")
+            if item.endpoint not in app.view_functions:
+                raise plugins.PluginError(
+                    f"Plugin {plugin!r}: navigation entry {item.key!r} points at endpoint "
+                    f"{item.endpoint!r}, which no registered view has."
+                )
+            claim("navigation entry", plugin, item.key)
+            state.navigation.append(item)
+    state.navigation.sort(key=lambda item: (item.order, item.label))
+
+    sections = []
+    for plugin, items in call("caredeck_chart_sections").items():
+        for section in items:
+            _expect(
+                plugin,
+                "caredeck_chart_sections",
+                section,
+                ChartSection,
+                "core.dashboard.ChartSection objects",
+            )
+            claim("chart section", plugin, section.key)
+            sections.append(section)
+    state.chart_sections = {s.key: s for s in sorted(sections, key=lambda s: (s.order, s.title))}
+
+    for plugin, jobs in call("caredeck_actors").items():
+        for job in jobs:
+            _expect(plugin, "caredeck_actors", job, Job, "actors declared with jobs.actor")
+            claim("actor", plugin, job.name, separator=".")
+            known = state.jobs.broker.actor_options
+            if unknown := set(job.options) - known:
+                raise plugins.PluginError(
+                    f"Plugin {plugin!r}: actor {job.name!r} has unknown options "
+                    f"{sorted(unknown)}; the broker knows {sorted(known)}."
+                )
+            state.jobs.bind(job)
+
+    for plugin, consumers in call("caredeck_consumers").items():
+        for consumer in consumers:
+            _expect(
+                plugin,
+                "caredeck_consumers",
+                consumer,
+                QueueConsumer,
+                "core.messaging.QueueConsumer objects",
+            )
+            claim("queue consumer", plugin, f"{plugin}:{consumer.queue.name}", separator=":")
+            state.consumers.append(consumer)
+
+    for plugin, commands in call("caredeck_cli_commands").items():
+        for command in commands:
+            _expect(plugin, "caredeck_cli_commands", command, click.Command, "click commands")
+            if command.name in CORE_COMMANDS:
+                raise plugins.PluginError(
+                    f"Plugin {plugin!r} registers command {command.name!r}, which is a core "
+                    f"command."
+                )
+            claim("command", plugin, command.name, separator="-")
+            app.cli.add_command(command)
+
+
+def _refuse_undeclared_routes(app: flask.Flask, state: Caredeck) -> None:
+    missing = access.undeclared_routes(app)
+    if missing:
+        first = missing[0]
+        endpoint = first.rsplit("(", 1)[-1].rstrip(")")
+        owner = endpoint.split(".")[0]
+        plugin = next((p for p in state.plugins if owner == p or owner.startswith(p + "_")), None)
+        who = f"Plugin {plugin!r}: route" if plugin else "Route"
+        raise plugins.PluginError(
+            f"{who} {first} declares no access rule; decorate the view with "
+            f"core.auth.allow(...) or core.auth.public (deny by default)."
+        )

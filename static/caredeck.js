@@ -1,0 +1,21 @@
+// Caredeck dashboard behaviour, plain JavaScript. Pages opt in with data attributes.
+
+// <div data-section-url="..."> loads a patient-chart section on its own, so a failing
+// section shows an error in its own box and the rest of the chart still works.
+function loadSections() {
+  document.querySelectorAll("[data-section-url]").forEach(function (box) {
+    fetch(box.dataset.sectionUrl, { credentials: "same-origin" })
+      .then(function (response) {
+        return response.text().then(function (html) {
+          box.innerHTML = html;
+          if (!response.ok) box.classList.add("failed");
+        });
+      })
+      .catch(function () {
+        box.textContent = "This section could not be loaded (network error).";
+        box.classList.add("failed");
+      });
+  });
+}
+
+document.addEventListener("DOMContentLoaded", loadSections);
