@@ -1,0 +1,198 @@
+"""Pytest fixtures for Caredeck and for third-party plugin authors.
+
+Installed as a pytest plugin (entry point ``pytest11``), so a plugin's own test suite gets
+these fixtures without importing anything. Override ``caredeck_plugins`` to choose the
+plugins an app is built with; they are registered directly, no install needed::
+
+    @pytest.fixture
+    def caredeck_plugins():
+        return {"hello": hello_plugin.plugin}
+
+    def test_greeting(client_for):
+        assert client_for("nurse").get("/api/hello/greeting").status_code == 200
+
+Apps use embedded backends (SQLite, Kombu ``memory://``, Dramatiq ``StubBroker``) in a
+temporary folder. Database tests run on SQLite and, when ``CAREDECK_TEST_DATABASE_URL`` is
+set, again on PostgreSQL. SQLite is a temporary file rather than ``:memory:`` because each
+connection to ``:memory:`` is a different, empty database, and the core opens a connection
+per request, per job and per message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+ROLE_PASSWORD = "correct horse battery staple"  # noqa: S105 (test accounts only)
+SERVICE_VARIABLES = {
+    "database": "CAREDECK_TEST_DATABASE_URL",
+    "redis": "CAREDECK_TEST_REDIS_URL",
+    "amqp": "CAREDECK_TEST_AMQP_URL",
+}
+
+
+def service_url(service: str) -> str:
+    """The URL of a real test server, or skip (fail with ``CAREDECK_REQUIRE_SERVICES=1``)."""
+    variable = SERVICE_VARIABLES[service]
+    url = os.environ.get(variable)
+    if url:
+        return url
+    message = f"{variable} is not set: no real {service} server to test against"
+    if os.environ.get("CAREDECK_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + " (CAREDECK_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def reset_postgresql(url: str) -> None:
+    """Drop everything in the test database's public schema."""
+    from core.db import connect
+
+    database = connect(url)
+    with database.connection_context():
+        database.execute_sql("DROP SCHEMA IF EXISTS public CASCADE")
+        database.execute_sql("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def caredeck_database_url(request, tmp_path) -> str:
+    """Each database test runs on SQLite and on PostgreSQL (a clean schema each time)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/caredeck.db"
+    url = service_url("database")
+    reset_postgresql(url)
+    return url
+
+
+@pytest.fixture
+def caredeck_config(tmp_path, caredeck_database_url) -> dict[str, Any]:
+    """Settings for a test app: embedded backends in a temporary folder."""
+    return {
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "DATABASE_URL": caredeck_database_url,
+        "AMQP_URL": "memory://",
+        "DRAMATIQ_URL": "stub://",
+        "REDIS_URL": "memory://",
+        "SMTP_URL": f"file://{tmp_path}/outbox",
+        "STORAGE_URL": f"file://{tmp_path}/files",
+        "SECRET_KEY": "test-secret-key-that-is-long-enough-0123456789",
+        "TIMEZONE": "UTC",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def caredeck_plugins() -> Mapping[str, Any]:
+    """The plugins a test app is built with (name to module). Override in a conftest."""
+    return {}
+
+
+@pytest.fixture
+def make_app(caredeck_config, caredeck_plugins) -> Callable[..., Any]:
+    """Build a migrated test app: ``make_app(plugins=None, **settings)``."""
+    from core import db
+    from core.app import create_app
+
+    built = []
+
+    def build(plugins: Mapping[str, Any] | None = None, **settings: Any):
+        app = create_app(
+            {**caredeck_config, **settings},
+            plugin_objects=caredeck_plugins if plugins is None else plugins,
+        )
+        app.config["TESTING"] = True
+        db.upgrade(app.extensions["caredeck"].migration_sources)
+        built.append(app)
+        return app
+
+    yield build
+    for app in built:
+        app.extensions["caredeck"].jobs.stop()
+    if not db.database.is_closed():
+        db.database.close()
+
+
+@pytest.fixture
+def app(make_app):
+    """A migrated app with ``caredeck_plugins`` registered."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """An anonymous test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def users(app) -> dict[str, Any]:
+    """One active user per role (password ``ROLE_PASSWORD``), by role."""
+    from core.auth.access import ROLES
+    from core.auth.models import User
+    from core.db import database
+
+    with database.connection_context():
+        return {
+            role: User.create_user(
+                f"{role}@example.org",
+                ROLE_PASSWORD,
+                name=f"Test {role}",
+                role=role,
+                status="active",
+            )
+            for role in ROLES
+        }
+
+
+@pytest.fixture
+def client_for(app, users) -> Callable[[str], Any]:
+    """``client_for("doctor")``: a test client signed in as that role (bearer token)."""
+    from core.auth.models import ApiToken
+    from core.db import database
+
+    def signed_in(role: str):
+        with database.connection_context():
+            token, _ = ApiToken.issue(users[role])
+        client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        return client
+
+    return signed_in
+
+
+def run_jobs(app, timeout_seconds: float = 30) -> None:
+    """Run every queued job on the app's StubBroker to completion; re-raise a failure."""
+    jobs = app.extensions["caredeck"].jobs
+    worker = jobs.worker(threads=1)
+    worker.start()
+    try:
+        for queue in list(jobs.broker.get_declared_queues()):
+            jobs.broker.join(queue, timeout=int(timeout_seconds * 1000), fail_fast=True)
+        worker.join()
+    finally:
+        worker.stop()
+
+
+def assert_migrations_create(app, plugin: str) -> None:
+    """Fail unless the plugin's migrations created every column of every model it declares."""
+    from core.db import database
+
+    models = _models_of(app, plugin)
+    assert models, f"plugin {plugin!r} declares no models"
+    with database.connection_context():
+        for model in models:
+            table = model._meta.table_name
+            columns = {column.name for column in database.get_columns(table)}
+            assert columns, f"table {table} does not exist after the migrations"
+            expected = {field.column_name for field in model._meta.sorted_fields}
+            missing = expected - columns
+            assert not missing, f"table {table} lacks columns {sorted(missing)}"
+
+
+def _models_of(app, plugin: str) -> list:
+    from core import plugins
+
+    state = app.extensions["caredeck"]
+    return plugins.call(state.manager, "caredeck_models", app=app).get(plugin, [])

@@ -1,0 +1,3 @@
+"""An example third-party Caredeck plugin."""
+
+__version__ = "1.0.0"
