@@ -1,0 +1,164 @@
+"""The one consumer loop: ack after the handler, dead-letter what cannot be processed."""
+
+import time
+import uuid
+
+import kombu
+import pytest
+from helpers import make_plugin
+
+from core.auth.models import User
+from core.messaging import REASON_HEADER, Consumer, QueueConsumer, Reject, connection
+from core.testing import service_url
+
+handled = []
+
+
+def handle(body, message):
+    if body.get("poison"):
+        raise Reject(f"event {body['id']} has no patient")
+    if body.get("crash"):
+        raise KeyError("surprise")
+    handled.append((body["id"], User.select().count()))  # runs with a DB connection
+
+
+def topology(suffix: str = ""):
+    exchange = kombu.Exchange(f"labs{suffix}", type="topic", durable=True)
+    dead = kombu.Exchange(f"labs{suffix}.dead", type="fanout", durable=True)
+    queue = kombu.Queue(f"labs.results{suffix}", exchange, routing_key="result.#", durable=True)
+    dead_queue = kombu.Queue(f"labs.results.dead{suffix}", dead, durable=True)
+    return exchange, queue, dead_queue
+
+
+def plugin(queue):
+    return make_plugin("labs", caredeck_consumers=lambda: [consumer_for(queue)])
+
+
+def consumer_for(queue):
+    dead_queue = topology(queue.name.removeprefix("labs.results"))[2]
+    return QueueConsumer(queue, handle, dead_letter_queue=dead_queue)
+
+
+@pytest.fixture(autouse=True)
+def _clear():
+    handled.clear()
+
+
+def publish(conn, exchange, queues, *bodies, raw=None):
+    with conn.Producer() as producer:
+        for body in bodies:
+            producer.publish(
+                body,
+                exchange=exchange,
+                routing_key="result.new",
+                serializer="json",
+                declare=[exchange, *queues],
+            )
+        if raw is not None:
+            producer.publish(
+                raw,
+                exchange=exchange,
+                routing_key="result.new",
+                content_type="application/json",
+                content_encoding="utf-8",
+                declare=[exchange, *queues],
+            )
+
+
+def waiting(conn, queue) -> int:
+    return queue.bind(conn.default_channel).queue_declare(passive=True).message_count
+
+
+def drain(app, conn, queue, seconds=10):
+    """Run the consumer loop until ``queue`` is empty and nothing is in flight."""
+    consumer = Consumer(app, conn, [consumer_for(queue)])
+    deadline = time.monotonic() + seconds
+    with consumer.Consumer() as (connection, _, _):
+        while time.monotonic() < deadline:
+            try:
+                connection.drain_events(timeout=0.5)
+            except TimeoutError:
+                if waiting(conn, queue) == 0:
+                    return
+    raise AssertionError(f"{queue.name} was not drained within {seconds} s")
+
+
+def dead_letters(conn, dead_queue):
+    """Everything on the dead-letter queue, undecoded: ``[(body bytes, reason)]``."""
+    found = []
+    channel = conn.channel()
+    try:
+        for _ in range(50):
+            message = channel.basic_get(dead_queue.name, no_ack=True)
+            if message is None:
+                if len(found) >= 3:
+                    break
+                time.sleep(0.1)  # RabbitMQ may need a moment to route the last one
+                continue
+            found.append((message.body, message.headers.get(REASON_HEADER)))
+    finally:
+        channel.close()
+    return found
+
+
+def exercise(app, conn, suffix=""):
+    exchange, queue, dead_queue = topology(suffix)
+    publish(  # the dead-letter queue is not declared here: the consumer loop declares it
+        conn,
+        exchange,
+        [queue],
+        {"id": 1},
+        {"id": 2, "poison": True},
+        {"id": 3, "crash": True},
+        raw=b"{not json",
+    )
+    drain(app, conn, queue)
+    assert handled == [(1, 0)]
+    dead = dead_letters(conn, dead_queue)
+    assert len(dead) == 3
+    reasons = dict((reason.split(":")[0], body) for body, reason in dead)
+    assert set(reasons) == {
+        "event 2 has no patient",
+        "handler error",
+        "could not decode the message",
+    }
+    kept = reasons["could not decode the message"]
+    assert (kept if isinstance(kept, bytes) else kept.encode()) == b"{not json"  # as it came
+    assert {reason for _, reason in dead} >= {"handler error: KeyError: 'surprise'"}
+
+
+def test_the_core_consumer_serves_plugin_queues_on_the_memory_bus(make_app):
+    _, queue, _ = topology()
+    app = make_app(plugins={"labs": plugin(queue)})
+    assert [c.queue.name for c in app.extensions["caredeck"].consumers] == ["labs.results"]
+    with connection(app) as conn:
+        exercise(app, conn)
+
+
+def test_the_embedded_filesystem_bus_works_across_connections(make_app):
+    # Kombu keeps declared exchanges in process-wide state, so each test's folder gets
+    # names of its own.
+    exchange, queue, dead_queue = topology(f".{uuid.uuid4().hex[:8]}")
+    app = make_app(plugins={"labs": plugin(queue)}, AMQP_URL="filesystem://")
+    with connection(app) as publisher_side, connection(app) as consumer_side:
+        publish(publisher_side, exchange, [queue, dead_queue], {"id": 7})
+        drain(app, consumer_side, queue)
+    assert handled == [(7, 0)]
+
+
+@pytest.mark.integration
+def test_dead_lettering_against_a_real_rabbitmq(make_app):
+    url = service_url("amqp")
+    suffix = f".test-{uuid.uuid4().hex[:8]}"
+    _, queue, _ = topology(suffix)
+    app = make_app(plugins={"labs": plugin(queue)}, AMQP_URL=url)
+    with connection(app) as conn:
+        try:
+            exercise(app, conn, suffix)
+        finally:
+            exchange, queue, dead_queue = topology(suffix)
+            channel = conn.default_channel
+            for q in (queue, dead_queue):
+                q.bind(channel).delete()
+            for e in (exchange, dead_queue.exchange):
+                e.bind(channel).delete()
