@@ -179,6 +179,13 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "Enabled plugins, comma-separated; * (default) enables every installed plugin.",
     ),
     Setting("LOG_LEVEL", "INFO", log_level, "DEBUG, INFO, WARNING or ERROR."),
+    Setting(
+        "SECURE_COOKIES",
+        "true",
+        boolean,
+        "Send the session cookie over HTTPS only (browsers also accept it on 127.0.0.1 and "
+        "localhost); set false only for a plain-HTTP test installation.",
+    ),
 )
 
 

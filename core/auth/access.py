@@ -1,4 +1,9 @@
-"""Access declarations on views, and the check that enforces them on every request."""
+"""Access declarations on views, and the checks that run before every view.
+
+Callers are identified by a bearer token (API clients, anywhere) or by the browser session
+cookie (pages only: the API never accepts the cookie, so a page on another site cannot make
+a signed-in browser call it). Every state-changing page request carries a CSRF token.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,17 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, abort, g, request
+from flask import Flask, abort, g, redirect, request, session, url_for
+from flask_wtf.csrf import CSRFProtect
 
 ROLES = ("admin", "doctor", "nurse", "patient")
 STAFF = ("admin", "doctor", "nurse")
 PUBLIC = "public"
 ATTRIBUTE = "_caredeck_access"
+SESSION_KEY = "token"
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+csrf = CSRFProtect()
 
 
 def allow(*roles: str) -> Callable[[Any], Any]:
@@ -68,22 +78,42 @@ def current_user():
     return g.get("user")
 
 
+def current_token():
+    """The :class:`core.auth.models.ApiToken` (or browser session) of this request."""
+    return g.get("token")
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def bearer_token() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def _identify():
-    """The user behind this request's bearer token, if any."""
+    """This request's token record: the bearer token, else (pages only) the session's."""
     from core.auth.models import ApiToken
 
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token()
+    if token is not None:
+        return ApiToken.find_valid(hash_token(token), ("user", "service"))
+    if request.path.startswith("/api/") or SESSION_KEY not in session:
         return None
-    return ApiToken.user_for(hash_token(token.strip()))
+    record = ApiToken.find_valid(hash_token(session[SESSION_KEY]), ("session",))
+    if record is None:
+        session.clear()  # expired, idle too long, signed out elsewhere or disabled
+    return record
 
 
 def init_app(app: Flask) -> None:
+    app.config.update(
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked below, for page requests only
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+    )
+    csrf.init_app(app)
+
     @app.before_request
     def _check_access():
         if request.method == "OPTIONS" or request.endpoint is None:
@@ -91,11 +121,46 @@ def init_app(app: Flask) -> None:
         if request.endpoint == "static" or request.endpoint.endswith(".static"):
             return None
         declared = declared_access(app.view_functions[request.endpoint], request.method)
-        g.user = _identify()
+        g.token = _identify()
+        g.user = g.token.user if g.token else None
+        if request.method in UNSAFE_METHODS and bearer_token() is None:
+            if not request.path.startswith("/api/"):
+                csrf.protect()  # a cookie is ambient; a bearer token never is
         if declared == PUBLIC:
             return None
         if g.user is None:
+            if request.method == "GET" and not request.path.startswith("/api/"):
+                # A person at a browser is sent to sign in, and brought back afterwards.
+                return redirect(url_for("auth_pages.login", next=request.full_path.rstrip("?")))
             abort(401)
         if not declared or g.user.role not in declared:
             abort(403)
+        # A patient user sees only their own record; for any other MRN the record does not
+        # exist as far as they can tell.
+        mrn = (request.view_args or {}).get("mrn")
+        if g.user.role == "patient" and mrn is not None and mrn != g.user.patient_mrn:
+            abort(404)
         return None
+
+    @app.after_request
+    def _security_headers(response):
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", _policy(request.path))
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        if request.endpoint != "static" and "Cache-Control" not in headers:
+            headers["Cache-Control"] = "no-store"  # patient data stays out of shared caches
+        return response
+
+
+STRICT_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Swagger UI sets style attributes from its JavaScript; its scripts stay 'self' only.
+DOCS_POLICY = STRICT_POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+def _policy(path: str) -> str:
+    return DOCS_POLICY if path.startswith("/api/docs") else STRICT_POLICY

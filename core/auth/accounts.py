@@ -1,0 +1,90 @@
+"""Signing in and asking for an account: one implementation for the pages and the API."""
+
+from __future__ import annotations
+
+import logging
+
+import marshmallow as ma
+
+from core.auth import passwords
+from core.auth.limits import check_sign_in
+from core.auth.models import AccountLocked, User
+
+log = logging.getLogger("caredeck.auth")
+
+
+class SignInRefused(Exception):
+    """Why a sign-in was refused: an HTTP status and a sentence for the person."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def sign_in(email: str, password: str) -> User:
+    """The active user with these credentials, or :class:`SignInRefused`."""
+    check_sign_in(email)
+    try:
+        user = User.authenticate(email, password)
+    except AccountLocked as locked:
+        log.warning("sign-in refused for locked account %s", email.strip().lower())
+        raise SignInRefused(
+            403,
+            "This account is locked after repeated failed sign-ins; try again in "
+            f"{locked.minutes_left} minute(s) or ask an administrator.",
+        ) from None
+    if user is None:
+        log.warning("failed sign-in for %s", email.strip().lower())
+        raise SignInRefused(401, "The email or password is wrong.")
+    if user.status == "pending" or user.role is None:
+        raise SignInRefused(
+            403,
+            "This account is waiting for an administrator's approval; you will be able "
+            "to sign in once it is approved.",
+        )
+    if not user.is_active:
+        raise SignInRefused(403, "This account is disabled; ask an administrator.")
+    return user
+
+
+class CoreSignupSchema(ma.Schema):
+    name = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(
+            min=1, max=200, error="Enter your name (up to 200 characters)."
+        ),
+    )
+    email = ma.fields.Email(
+        required=True, error_messages={"invalid": "Enter a valid email address."}
+    )
+    password = ma.fields.String(
+        required=True, load_only=True, metadata={"description": "At least 12 characters."}
+    )
+
+    @ma.validates_schema(skip_on_field_errors=False)  # report every field's problem at once
+    def _password_rules(self, data, **kwargs):
+        reasons = passwords.problems(
+            data.get("password", ""), email=data.get("email", ""), name=data.get("name", "")
+        )
+        if reasons:
+            raise ma.ValidationError(reasons, field_name="password")
+
+
+def request_account(name: str, email: str, password: str) -> None:
+    """Create a pending account (no role, no access until an admin approves it).
+
+    An email that already has an account is answered exactly like a new one, so the form
+    cannot be used to find out who has an account; nothing about the existing one changes.
+    """
+    if User.find(email) is not None:
+        log.info("sign-up for an existing account %s ignored", email.strip().lower())
+        return
+    User.create_user(email, password, name=name.strip(), role=None, status="pending")
+    log.info("account requested by %s", email.strip().lower())
+
+
+PENDING_MESSAGE = (
+    "Thank you. Your account request was received and is waiting for an administrator's "
+    "approval; you will be able to sign in once it is approved."
+)
