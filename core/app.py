@@ -14,9 +14,11 @@ import peewee
 
 import core
 from core import api as api_module
-from core import dashboard, db, health, plugins, requestlog
-from core.auth import access
+from core import audit, dashboard, db, health, patients, plugins, requestlog
+from core.auth import access, limits, users_api
 from core.auth import api as auth_api
+from core.auth import views as auth_views
+from core.auth.models import SESSION_LIFETIME
 from core.config import CORE_SETTINGS, ConfigError, Setting, read_settings
 from core.dashboard import ChartSection, NavItem
 from core.messaging import QueueConsumer
@@ -25,6 +27,11 @@ from jobs.broker import JobQueue
 from static import STATIC_FOLDER
 
 CORE_MIGRATIONS = Path(core.__file__).parent / "migrations"
+CORE_NAVIGATION = (
+    NavItem("core_patients", "Patients", "core_patients.index", order=10),
+    NavItem("core_users", "Users", "auth_pages.users", order=900, roles=("admin",)),
+    NavItem("core_audit", "Audit log", "auth_pages.audit_log", order=910, roles=("admin",)),
+)
 CORE_COMMANDS = {
     "serve",
     "db",
@@ -83,12 +90,18 @@ def create_app(
         app.config.update(_plugin_settings(name, setting_list, config, app.config))
     app.config.update(
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,
-        JSON_SORT_KEYS=False,
+        SESSION_COOKIE_NAME="caredeck_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings["SECURE_COOKIES"],
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
 
     requestlog.init_app(app)  # first, so that every response carries a request id
     db.init_app(app)
     access.init_app(app)
+    audit.init_app(app)
+    limits.init_app(app)
     state = Caredeck(
         manager=manager,
         plugins=loaded,
@@ -99,7 +112,11 @@ def create_app(
     app.extensions["caredeck"] = state
     app.register_blueprint(health.health)
     dashboard.init_app(app)
-    state.api.register_blueprint(auth_api.blp)
+    for blueprint in (auth_api.blp, users_api.blp, audit.blp):
+        state.api.register_blueprint(blueprint)
+    auth_views.init_app(app)
+    patients.init_app(app, state.api)
+    state.navigation.extend(CORE_NAVIGATION)
 
     _register_plugins(app, state)
     _refuse_undeclared_routes(app, state)

@@ -15,9 +15,12 @@ from flask import current_app
 from flask.cli import FlaskGroup, NoAppException, routes_command, shell_command, with_appcontext
 
 from core import db, messaging, plugins
+from core.auth import passwords
 from core.auth.access import ROLES
 from core.auth.models import User
 from core.config import ConfigError, redact
+from core.patients.demo import load_demo_patients
+from core.patients.models import Patient
 
 DEMO_DOMAIN = "caredeck.local"
 
@@ -145,17 +148,25 @@ def users_group():
 @click.argument("email")
 @click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--name", default="", help="Display name (defaults to the email's local part).")
+@click.option("--patient", "mrn", default=None, help="For a patient user: their record's MRN.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @with_appcontext
-def users_create(email: str, role: str, name: str, password_stdin: bool):
+def users_create(email: str, role: str, name: str, mrn: str | None, password_stdin: bool):
     """Create an active user. Without --password-stdin a random password is printed."""
     password = sys.stdin.readline().rstrip("\n") if password_stdin else _new_password()
-    if len(password) < 12:
-        raise click.BadParameter("the password must be at least 12 characters long.")
+    reasons = passwords.problems(password, email=email, name=name)
+    if reasons:
+        raise click.BadParameter(" ".join(reasons), param_hint="password")
+    if mrn is not None and role != "patient":
+        raise click.BadParameter(
+            "only a patient user is linked to a patient record.", param_hint="--patient"
+        )
     with db.database.connection_context():
         if User.find(email):
             raise click.ClickException(f"A user with the email {email} already exists.")
-        User.create_user(email, password, name=name, role=role, status="active")
+        if mrn is not None and Patient.get_or_none(Patient.mrn == mrn) is None:
+            raise click.ClickException(f"There is no patient with MRN {mrn}.")
+        User.create_user(email, password, name=name, role=role, status="active", patient_mrn=mrn)
     click.echo(f"Created {role} {email.lower()}")
     if not password_stdin:
         click.echo(f"Password: {password}")
@@ -174,9 +185,14 @@ def _new_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def _seed_users(passwords: dict[str, str] | None = None) -> list[tuple[str, str, str | None]]:
-    """Ensure one active user per role; returns ``(email, role, password set or None)``."""
-    passwords = passwords or {}
+def _seed_users(
+    known: dict[str, str] | None = None, patient_mrn: str | None = None
+) -> list[tuple[str, str, str | None]]:
+    """Ensure one active user per role; returns ``(email, role, password set or None)``.
+
+    The patient user is linked to ``patient_mrn`` when given (the demo's sample patient).
+    """
+    known = known or {}
     result = []
     with db.database.connection_context():
         for role in ROLES:
@@ -184,8 +200,15 @@ def _seed_users(passwords: dict[str, str] | None = None) -> list[tuple[str, str,
             if User.find(email):
                 result.append((email, role, None))
                 continue
-            password = passwords.get(email) or _new_password()
-            User.create_user(email, password, name=f"Demo {role}", role=role, status="active")
+            password = known.get(email) or _new_password()
+            User.create_user(
+                email,
+                password,
+                name=f"Demo {role}",
+                role=role,
+                status="active",
+                patient_mrn=patient_mrn if role == "patient" else None,
+            )
             result.append((email, role, password))
     return result
 
@@ -231,7 +254,9 @@ def _load_demo(app) -> None:
     and every plugin's demo data."""
     path = Path(app.config["INSTANCE_PATH"]) / "demo-credentials.json"
     known = json.loads(path.read_text()) if path.exists() else {}
-    for email, _role, password in _seed_users(known):
+    with db.database.connection_context():
+        sample = load_demo_patients()
+    for email, _role, password in _seed_users(known, patient_mrn=sample[0].mrn):
         if password:
             known[email] = password
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, current_app, render_template, url_for
+from flask import Blueprint, abort, current_app, url_for
 from markupsafe import Markup
 
 from core.auth.access import ROLES, STAFF, allow, current_user
@@ -53,13 +53,8 @@ class ChartSection:
 pages = Blueprint("core_pages", __name__)
 
 
-@pages.route("/")
-@allow(*ROLES)
-def home():
-    return render_template("caredeck/home.html")
-
-
-@pages.route("/patients/<mrn>/sections/<key>")
+# <path:mrn>: hospital MRNs such as "4711/22" contain slashes.
+@pages.route("/patients/<path:mrn>/sections/<key>")
 @allow(*ROLES)
 def chart_section(mrn: str, key: str):
     """One chart section's HTML, fetched by the chart page on its own."""

@@ -18,4 +18,14 @@ function loadSections() {
   });
 }
 
+// <button data-confirm="..."> asks before a consequential action (no inline script: CSP).
+function confirmActions() {
+  document.querySelectorAll("[data-confirm]").forEach(function (button) {
+    button.addEventListener("click", function (event) {
+      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", loadSections);
+document.addEventListener("DOMContentLoaded", confirmActions);
