@@ -25,6 +25,7 @@ def test_an_active_user_exchanges_email_and_password_for_a_token(client, users):
         "name": "Test doctor",
         "role": "doctor",
         "status": "active",
+        "patient_mrn": None,
     }
 
 
@@ -53,7 +54,7 @@ def test_a_pending_account_gets_no_token(client, app):
         User.create_user("new@example.org", ROLE_PASSWORD, role=None)
     response = token_for(client, "new@example.org")
     assert response.status_code == 403
-    assert "administrator must approve" in response.json["message"]
+    assert "waiting for an administrator's approval" in response.json["message"]
 
 
 def test_an_expired_token_is_refused(client, users):

@@ -139,3 +139,82 @@ def test_api_docs_work_in_chromium_without_leaving_the_machine(demo):
     assert "doctor@caredeck.local" in body
     assert hosts == {"127.0.0.1"}, f"requests left the machine: {hosts}"
     assert console_errors == []
+
+
+def sign_in(page, base, email, password):
+    page.goto(f"{base}/login")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+
+
+@pytest.mark.browser
+def test_sign_up_approval_sign_in_search_chart_and_sign_out(demo):
+    """Issue 3's journey: a new nurse asks for an account, an admin approves it, and the nurse
+    finds a patient, opens the chart and signs out."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium_or_skip()
+    base = demo["base"]
+    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    email, password = "new.nurse@example.org", "lantern orbit cedar fable"
+    hosts, problems = set(), []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+
+            def new_page():
+                page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+                page.on("request", lambda r: hosts.add(urlsplit(r.url).hostname))
+                page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+                return page
+
+            visitor = new_page()
+            visitor.goto(f"{base}/signup")
+            visitor.fill("#name", "Nora Nurse")
+            visitor.fill("#email", email)
+            visitor.fill("#password", password)
+            visitor.fill("#password_confirm", password)
+            visitor.click("button[type=submit]")
+            expect(visitor.locator("#signup-pending")).to_contain_text(
+                "waiting for an administrator"
+            )
+            visitor.screenshot(path=str(ARTIFACTS / "signup-pending.png"))
+            sign_in(visitor, base, email, password)
+            expect(visitor.locator("[role=alert]")).to_contain_text("approval")
+
+            admin = new_page()
+            sign_in(admin, base, "admin@caredeck.local", credentials["admin@caredeck.local"])
+            admin.goto(f"{base}/admin/users?status=pending")
+            row = admin.locator("tr", has_text=email)
+            row.locator("select").select_option("nurse")
+            row.locator("button", has_text="Activate").click()
+            expect(admin.locator(".notice")).to_contain_text(f"{email} is now active (nurse)")
+            admin.screenshot(path=str(ARTIFACTS / "admin-users.png"))
+
+            sign_in(visitor, base, email, password)
+            expect(visitor.locator("h1")).to_contain_text("Patients")
+            visitor.fill("input[name=q]", "Lindqvist")
+            visitor.keyboard.press("Enter")
+            visitor.click("a:has-text('DEMO-0001')")
+            expect(visitor.locator("h1")).to_contain_text("Ada")
+            expect(visitor.locator("body")).to_contain_text("Who accessed this record")
+            visitor.screenshot(path=str(ARTIFACTS / "chart.png"), full_page=True)
+            visitor.click("text=Sign out")
+            expect(visitor.locator("body")).to_contain_text("You are signed out")
+            visitor.goto(f"{base}/patients/DEMO-0001")
+            expect(visitor.locator("h1")).to_contain_text("Sign in")  # the session is over
+
+            patient = new_page()
+            sign_in(patient, base, "patient@caredeck.local", credentials["patient@caredeck.local"])
+            expect(patient.locator("h1")).to_contain_text("Ada")  # straight to their own chart
+            patient.goto(f"{base}/patients/DEMO-0002")
+            expect(patient.locator("h1")).to_contain_text("404")
+        finally:
+            browser.close()
+    assert hosts == {"127.0.0.1"}, f"requests left the machine: {hosts}"
+    # The refused sign-in (403) and the other patient's chart (404) are answered with those
+    # statuses on purpose; anything else in the console is a defect.
+    expected = ("status of 403 (FORBIDDEN)", "status of 404 (NOT FOUND)")
+    assert [p for p in problems if not p.endswith(expected)] == []

@@ -54,10 +54,10 @@ def test_sections_are_ordered_and_role_checked(app, client_for):
     assert client_for("patient").get("/patients/MRN-1/sections/hello").status_code == 404
 
 
-def test_pages_need_a_signed_in_user(client):
-    response = client.get("/hello/")
-    assert response.status_code == 401
-    assert response.mimetype == "text/html"
+def test_pages_send_a_signed_out_browser_to_sign_in(client):
+    response = client.get("/hello/?page=2")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/hello/?page%3D2"
 
 
 def test_pages_load_no_inline_script(client_for):

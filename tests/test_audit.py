@@ -1,0 +1,155 @@
+"""Every access to a patient's record is audited by the core, for plugins too; patient users
+see only their own record."""
+
+import csv
+import io
+
+import pytest
+from hello_plugin import plugin as hello
+
+from core import audit
+from core.auth.models import User
+from core.db import database
+from core.patients.models import Patient
+
+ADA = {
+    "mrn": "MRN-1001",
+    "first_name": "Ada",
+    "last_name": "Lind",
+    "sex": "female",
+    "date_of_birth": "1950-02-03",
+}
+BOB = {
+    "mrn": "MRN-2002",
+    "first_name": "Bob",
+    "last_name": "Berg",
+    "sex": "male",
+    "date_of_birth": "1960-04-05",
+}
+
+
+@pytest.fixture
+def caredeck_plugins():
+    return {"hello": hello}
+
+
+@pytest.fixture
+def registry(app, users):
+    with database.connection_context():
+        for record in (ADA, BOB):
+            Patient.create(**record)
+        User.update(patient_mrn=ADA["mrn"]).where(User.id == users["patient"].id).execute()
+        audit.AuditEvent.delete().execute()
+
+
+def events(**filters):
+    with database.connection_context():
+        return [event.as_dict() for event in audit.query(**filters)]
+
+
+def test_a_chart_view_is_audited(client_for, registry):
+    client_for("doctor").get(f"/patients/{ADA['mrn']}", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    [event] = events(patient=ADA["mrn"])
+    assert event["user"] == "doctor@example.org"
+    assert event["role"] == "doctor"
+    assert event["action"] == "view"
+    assert event["path"] == f"/patients/{ADA['mrn']}"
+    assert event["outcome"] == "allowed"
+    assert event["address"] == "10.1.2.3"
+
+
+def test_an_api_read_and_write_are_audited(client_for, registry):
+    nurse = client_for("nurse")
+    nurse.get(f"/api/patients/{ADA['mrn']}")
+    nurse.patch(f"/api/patients/{ADA['mrn']}", json={"phone": "+46 8 123 456"})
+    assert [e["action"] for e in events(patient=ADA["mrn"])] == ["update", "view"]
+
+
+def test_a_plugin_route_is_audited_without_the_plugin_doing_anything(client_for, registry):
+    client_for("nurse").get(f"/patients/{ADA['mrn']}/sections/hello")
+    [event] = events(patient=ADA["mrn"])
+    assert event["path"] == f"/patients/{ADA['mrn']}/sections/hello"
+
+
+def test_a_search_is_audited_with_its_query(client_for, registry):
+    client_for("doctor").get("/api/patients?q=Lind")
+    [event] = events(user="doctor@example.org")
+    assert event["action"] == "search patients"
+    assert event["path"] == "/api/patients?q=Lind"
+
+
+def test_denied_attempts_are_audited(client, client_for, registry):
+    client.get(f"/api/patients/{BOB['mrn']}")
+    client_for("patient").get(f"/api/patients/{BOB['mrn']}")
+    outcomes = {(e["user"], e["outcome"]) for e in events(patient=BOB["mrn"])}
+    assert outcomes == {(None, "denied"), ("patient@example.org", "not_found")}
+
+
+def test_a_patient_user_sees_only_their_own_record(client_for, registry):
+    patient = client_for("patient")
+    assert patient.get(f"/api/patients/{ADA['mrn']}").status_code == 200
+    assert patient.get(f"/api/patients/{BOB['mrn']}").status_code == 404
+    assert patient.get(f"/patients/{BOB['mrn']}").status_code == 404
+    assert patient.get(f"/patients/{BOB['mrn']}/sections/hello").status_code == 404
+    assert [p["mrn"] for p in patient.get("/api/patients").json] == [ADA["mrn"]]
+    assert patient.post("/api/patients", json=BOB | {"mrn": "MRN-3"}).status_code == 403
+    assert patient.get("/api/audit").status_code == 403
+
+
+def test_an_unlinked_patient_user_sees_nobody(client_for, registry, users):
+    with database.connection_context():
+        User.update(patient_mrn=None).where(User.id == users["patient"].id).execute()
+    patient = client_for("patient")
+    assert patient.get("/api/patients").json == []
+    assert patient.get(f"/api/patients/{ADA['mrn']}").status_code == 404
+
+
+def test_admins_search_the_audit_log_by_patient_and_user(client_for, registry):
+    client_for("doctor").get(f"/api/patients/{ADA['mrn']}")
+    client_for("nurse").get(f"/api/patients/{BOB['mrn']}")
+    admin = client_for("admin")
+    by_patient = admin.get(f"/api/audit?patient={ADA['mrn']}").json
+    assert [(e["user"], e["patient"]) for e in by_patient] == [("doctor@example.org", ADA["mrn"])]
+    assert set(by_patient[0]) == {
+        "at",
+        "user",
+        "role",
+        "action",
+        "patient",
+        "path",
+        "outcome",
+        "address",
+    }
+    by_user = admin.get("/api/audit?user=NURSE@example.org").json
+    assert [e["patient"] for e in by_user] == [BOB["mrn"]]
+    assert client_for("doctor").get("/api/audit").status_code == 403
+
+
+def test_the_audit_export_is_csv_safe_for_spreadsheets(client_for, registry):
+    doctor = client_for("doctor")
+    doctor.get('/api/patients?q==HYPERLINK("http://evil")')
+    export = client_for("admin").get("/admin/audit.csv")
+    assert export.status_code == 200 and export.mimetype == "text/csv"
+    rows = list(csv.reader(io.StringIO(export.text)))
+    assert rows[0] == ["at", "user", "role", "action", "patient", "path", "outcome", "address"]
+    assert any("HYPERLINK" in row[5] for row in rows[1:])
+    assert audit._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert audit._cell("-2+3") == "'-2+3"
+    assert audit._cell("plain") == "plain"
+
+
+def test_the_chart_shows_who_accessed_the_record(client_for, registry):
+    client_for("nurse").get(f"/api/patients/{ADA['mrn']}")
+    chart = client_for("doctor").get(f"/patients/{ADA['mrn']}")
+    assert "nurse@example.org" in chart.text
+
+
+def test_a_read_that_cannot_be_audited_is_not_shown(client_for, registry, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("audit table unavailable")
+
+    monkeypatch.setattr(audit.AuditEvent, "create", broken)
+    response = client_for("doctor").get(f"/api/patients/{ADA['mrn']}")
+    assert response.status_code == 503
+    assert "Ada" not in response.text
+    assert "could not be recorded in the audit log" in response.json["message"]
