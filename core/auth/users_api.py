@@ -15,22 +15,6 @@ from core.auth.models import STATUSES, User
 blp = Blueprint("users", __name__, url_prefix="/api/users", description="User accounts (admin)")
 
 
-class CoreAccountSchema(ma.Schema):
-    id = ma.fields.Integer(dump_only=True)
-    email = ma.fields.Email(dump_only=True)
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
-    role = ma.fields.String(allow_none=True, validate=ma.validate.OneOf(ROLES))
-    status = ma.fields.String(validate=ma.validate.OneOf(STATUSES))
-    patient_mrn = ma.fields.String(
-        allow_none=True,
-        validate=ma.validate.Length(min=1, max=64),
-        metadata={"description": "For a patient user: the MRN of their own record."},
-    )
-    created_at = ma.fields.AwareDateTime(dump_only=True)
-    last_login_at = ma.fields.AwareDateTime(dump_only=True, allow_none=True)
-    locked_until = ma.fields.AwareDateTime(dump_only=True, allow_none=True)
-
-
 class CoreAccountUpdateSchema(ma.Schema):
     name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
     role = ma.fields.String(allow_none=True, validate=ma.validate.OneOf(ROLES))
@@ -40,6 +24,14 @@ class CoreAccountUpdateSchema(ma.Schema):
         validate=ma.validate.Length(min=1, max=64),
         metadata={"description": "For a patient user: the MRN of their own record."},
     )
+
+
+class CoreAccountSchema(CoreAccountUpdateSchema):
+    id = ma.fields.Integer(dump_only=True)
+    email = ma.fields.Email(dump_only=True)
+    created_at = ma.fields.AwareDateTime(dump_only=True)
+    last_login_at = ma.fields.AwareDateTime(dump_only=True, allow_none=True)
+    locked_until = ma.fields.AwareDateTime(dump_only=True, allow_none=True)
 
 
 class CoreAccountQuerySchema(ma.Schema):
