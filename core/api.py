@@ -20,6 +20,7 @@ import core
 from core.auth.access import public
 
 log = logging.getLogger("caredeck.api")
+MAX_PAGE = 100_000
 
 
 def wants_json() -> bool:
@@ -116,6 +117,18 @@ def init_app(app) -> Api:
     spec_view = app.view_functions["api-docs.openapi_json"]
     app.view_functions["api-docs.openapi_json"] = public(lambda: spec_view())
     app.register_blueprint(docs)
+
+    @app.before_request
+    def _refuse_absurd_pages():
+        # Pagination everywhere reads ?page=; a number this large only overflows the
+        # database's OFFSET, so it is refused here, once, for every list.
+        page = request.args.get("page", "")
+        if page.isdigit() and int(page) > MAX_PAGE:
+            flask_smorest.abort(
+                422,
+                message=f"page must be at most {MAX_PAGE}.",
+                errors={"query": {"page": [f"Must be at most {MAX_PAGE}."]}},
+            )
 
     # HTTP errors (unknown routes included) reach Api.handle_http_exception through
     # flask-smorest; anything else that escapes a view is a 500 in the same shape.

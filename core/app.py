@@ -11,6 +11,7 @@ import click
 import flask
 import flask_smorest
 import peewee
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import core
 from core import api as api_module
@@ -97,6 +98,9 @@ def create_app(
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
 
+    if settings["TRUSTED_PROXIES"]:
+        proxies = settings["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     requestlog.init_app(app)  # first, so that every response carries a request id
     db.init_app(app)
     access.init_app(app)

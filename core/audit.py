@@ -2,8 +2,9 @@
 
 Any route with ``<mrn>`` in its URL (API, pages and chart sections, the plugins' included)
 is audited without the plugin doing anything; views that read patient data without an MRN
-in the URL (lists, searches, exports) mark themselves with :func:`audited`. Denied attempts
-are recorded too. If a read cannot be recorded, the record is not shown (fail closed).
+in the URL (lists, searches, exports) mark themselves with :func:`audited`, and a view can
+say more with :func:`note` (the patient a new record is for, or "update" for a form POST).
+Denied attempts are recorded too. If a read cannot be recorded, the record is not shown.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from werkzeug.exceptions import ServiceUnavailable
 
-from core.auth.access import allow
+from core.auth.access import allow, automatic_options, declared
 from core.db import Model, UTCDateTimeField, utcnow
 
 log = logging.getLogger("caredeck.audit")
@@ -65,27 +66,23 @@ def audited(action: str) -> Callable[[Any], Any]:
     return mark
 
 
-def concerns(mrn: str) -> None:
-    """Name the patient this request is about when the URL does not (a new record)."""
-    g.audit_patient = mrn
+def note(*, patient: str | None = None, action: str | None = None) -> None:
+    """Say what this request does when the URL and method cannot: the patient a new record
+    is for, or the action of a form POST (``update`` rather than ``create``)."""
+    if patient is not None:
+        g.audit_patient = patient
+    if action is not None:
+        g.audit_action = action
 
 
 def outcome_of(status: int) -> str:
-    if status in (401, 403):
+    if g.get("access_denied") or status in (401, 403):
         return "denied"
     if status == 404:
         return "not_found"
     if status in (400, 409, 413, 422):
         return "invalid"
     return "error" if status >= 500 else "allowed"
-
-
-def _declared_action(app: Flask) -> str | None:
-    view = app.view_functions.get(request.endpoint or "")
-    if view is None:
-        return None
-    handler = getattr(getattr(view, "view_class", None), request.method.lower(), None)
-    return getattr(handler, ATTRIBUTE, None) or getattr(view, ATTRIBUTE, None)
 
 
 def record(status: int, action: str, patient: str | None) -> AuditEvent:
@@ -144,16 +141,22 @@ def to_csv(events: Iterable[AuditEvent]) -> Iterable[str]:
 def init_app(app: Flask) -> None:
     @app.after_request
     def _audit(response):
-        if request.endpoint is None or request.method == "OPTIONS":
+        if request.endpoint is None:
+            return response
+        if request.method == "OPTIONS" and automatic_options(request.url_rule):
             return response
         patient = (request.view_args or {}).get("mrn") or g.get("audit_patient")
-        action = _declared_action(app) or (ACTIONS.get(request.method) if patient else None)
+        action = g.get("audit_action") or declared(
+            app.view_functions[request.endpoint], request.method, ATTRIBUTE
+        )
+        if action is None and patient is not None:
+            action = ACTIONS.get(request.method, request.method.lower())
         if action is None:
             return response
         try:
             record(response.status_code, action, patient)
         except Exception:
-            log.exception("could not record an audit event for %s %s", request.method, request.path)
+            log.exception("could not record an audit event for %s %r", request.method, request.path)
             if request.method in ("GET", "HEAD"):
                 # Fail closed: a read that cannot be recorded is not shown.
                 refusal = ServiceUnavailable(
@@ -195,6 +198,7 @@ class AuditEvents(MethodView):
     @blp.paginate()
     def get(self, filters, pagination_parameters):
         """Who accessed which record, newest first (the CSV export is /admin/audit.csv)."""
+        note(patient=filters.get("patient"))
         events = query(**filters)
         pagination_parameters.item_count = events.count()
         return list(events.paginate(pagination_parameters.page, pagination_parameters.page_size))

@@ -180,6 +180,13 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("LOG_LEVEL", "INFO", log_level, "DEBUG, INFO, WARNING or ERROR."),
     Setting(
+        "TRUSTED_PROXIES",
+        "0",
+        integer(minimum=0),
+        "How many reverse proxies stand in front of the app; their X-Forwarded-For and "
+        "X-Forwarded-Proto give the client's address (audit log, rate limits) and scheme.",
+    ),
+    Setting(
         "SECURE_COOKIES",
         "true",
         boolean,

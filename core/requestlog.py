@@ -31,11 +31,16 @@ def init_app(app: Flask) -> None:
             "request_id=%s method=%s path=%s status=%d duration_ms=%.1f",
             request_id,
             request.method,
-            request.path,
+            printable(request.path),
             response.status_code,
             duration_ms,
         )
         return response
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a request cannot forge a log line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def configure(level: str) -> None:

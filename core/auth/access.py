@@ -48,16 +48,27 @@ def public(view: Any) -> Any:
     return view
 
 
+def declared(view_func: Callable, method: str, attribute: str) -> Any:
+    """What the view declares with ``attribute`` for ``method``: on the MethodView method
+    (HEAD falls back to GET, as Flask does), else on the class, else on the function."""
+    view_class = getattr(view_func, "view_class", None)
+    if view_class is None:
+        return getattr(view_func, attribute, None)
+    handler = getattr(view_class, method.lower(), None)
+    if handler is None and method == "HEAD":
+        handler = getattr(view_class, "get", None)
+    value = getattr(handler, attribute, None)
+    return value if value is not None else getattr(view_class, attribute, None)
+
+
 def declared_access(view_func: Callable, method: str) -> frozenset[str] | str | None:
     """The access declared for ``method`` on ``view_func`` (``None``: nothing declared)."""
-    view_class = getattr(view_func, "view_class", None)
-    if view_class is not None:
-        handler = getattr(view_class, method.lower(), None)
-        if handler is None and method == "HEAD":
-            handler = getattr(view_class, "get", None)
-        declared = getattr(handler, ATTRIBUTE, None)
-        return declared if declared is not None else getattr(view_class, ATTRIBUTE, None)
-    return getattr(view_func, ATTRIBUTE, None)
+    return declared(view_func, method, ATTRIBUTE)
+
+
+def automatic_options(rule) -> bool:
+    """Flask answers OPTIONS for this rule by itself, without running the view."""
+    return bool(getattr(rule, "provide_automatic_options", False))
 
 
 def undeclared_routes(app: Flask) -> list[str]:
@@ -67,7 +78,10 @@ def undeclared_routes(app: Flask) -> list[str]:
         if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
             continue
         view = app.view_functions[rule.endpoint]
-        for method in sorted((rule.methods or set()) - {"OPTIONS", "HEAD"}):
+        methods = (rule.methods or set()) - {"HEAD"}
+        if automatic_options(rule):
+            methods -= {"OPTIONS"}
+        for method in sorted(methods):
             if declared_access(view, method) is None:
                 missing.append(f"{method} {rule.rule} ({rule.endpoint})")
     return missing
@@ -116,8 +130,10 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _check_access():
-        if request.method == "OPTIONS" or request.endpoint is None:
-            return None  # Flask's automatic OPTIONS, or a 404/405 about to be raised
+        if request.endpoint is None:
+            return None  # a 404 or 405 about to be raised
+        if request.method == "OPTIONS" and automatic_options(request.url_rule):
+            return None  # Flask answers it without running the view
         if request.endpoint == "static" or request.endpoint.endswith(".static"):
             return None
         declared = declared_access(app.view_functions[request.endpoint], request.method)
@@ -131,6 +147,7 @@ def init_app(app: Flask) -> None:
         if g.user is None:
             if request.method == "GET" and not request.path.startswith("/api/"):
                 # A person at a browser is sent to sign in, and brought back afterwards.
+                g.access_denied = True
                 return redirect(url_for("auth_pages.login", next=request.full_path.rstrip("?")))
             abort(401)
         if not declared or g.user.role not in declared:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 import marshmallow as ma
+from werkzeug.security import generate_password_hash
 
 from core.auth import passwords
-from core.auth.limits import check_sign_in
-from core.auth.models import AccountLocked, User
+from core.auth.limits import sign_in_limits
+from core.auth.models import LOCKOUT_DURATION, AccountLocked, User
 
 log = logging.getLogger("caredeck.auth")
+LOCKOUT_MINUTES = int(LOCKOUT_DURATION.total_seconds() // 60)
 
 
 class SignInRefused(Exception):
@@ -22,20 +24,29 @@ class SignInRefused(Exception):
         self.message = message
 
 
+def _locked(minutes: int) -> SignInRefused:
+    return SignInRefused(
+        403,
+        "This account is locked after repeated failed sign-ins; try again in "
+        f"{minutes} minute(s) or ask an administrator.",
+    )
+
+
 def sign_in(email: str, password: str) -> User:
     """The active user with these credentials, or :class:`SignInRefused`."""
-    check_sign_in(email)
+    limits = sign_in_limits()
+    limits.check(email)
+    if limits.unknown_account_locked(email):
+        raise _locked(LOCKOUT_MINUTES)
     try:
         user = User.authenticate(email, password)
     except AccountLocked as locked:
-        log.warning("sign-in refused for locked account %s", email.strip().lower())
-        raise SignInRefused(
-            403,
-            "This account is locked after repeated failed sign-ins; try again in "
-            f"{locked.minutes_left} minute(s) or ask an administrator.",
-        ) from None
+        log.warning("sign-in refused for locked account %r", email.strip().lower())
+        raise _locked(locked.minutes_left) from None
     if user is None:
-        log.warning("failed sign-in for %s", email.strip().lower())
+        log.warning("failed sign-in for %r", email.strip().lower())
+        if User.find(email) is None:
+            limits.unknown_account_failed(email)
         raise SignInRefused(401, "The email or password is wrong.")
     if user.status == "pending" or user.role is None:
         raise SignInRefused(
@@ -77,11 +88,13 @@ def request_account(name: str, email: str, password: str) -> None:
     An email that already has an account is answered exactly like a new one, so the form
     cannot be used to find out who has an account; nothing about the existing one changes.
     """
+    sign_in_limits().check_sign_up()
     if User.find(email) is not None:
-        log.info("sign-up for an existing account %s ignored", email.strip().lower())
+        generate_password_hash(password)  # take as long as creating an account would
+        log.info("sign-up for an existing account %r ignored", email.strip().lower())
         return
     User.create_user(email, password, name=name.strip(), role=None, status="pending")
-    log.info("account requested by %s", email.strip().lower())
+    log.info("account requested by %r", email.strip().lower())
 
 
 PENDING_MESSAGE = (

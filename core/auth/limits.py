@@ -16,6 +16,10 @@ from limits import parse, storage, strategies
 log = logging.getLogger("caredeck.auth")
 PER_ADDRESS = parse("30/minute")
 PER_ACCOUNT = parse("10/minute")
+SIGN_UPS_PER_ADDRESS = parse("10/hour")
+# Failed sign-ins for an email that has no account: answered like an account's lockout
+# (User.authenticate), so that "locked" does not reveal that an account exists.
+UNKNOWN_ACCOUNT_FAILURES = parse("5/15 minutes")
 
 
 class SignInLimits:
@@ -24,17 +28,29 @@ class SignInLimits:
 
     def check(self, email: str) -> None:
         """Count one sign-in attempt; answer 429 when the address or account is over."""
-        address = request.remote_addr or "unknown"
         for limit, scope, key in (
-            (PER_ADDRESS, "address", address),
+            (PER_ADDRESS, "address", request.remote_addr or "unknown"),
             (PER_ACCOUNT, "account", email.strip().lower()),
         ):
             if not self.window.hit(limit, "caredeck-sign-in", scope, key):
-                log.warning("sign-in rate limit reached for %s %s", scope, key)
+                log.warning("sign-in rate limit reached for %s %r", scope, key)
                 abort(
                     429,
                     f"Too many sign-in attempts from this {scope}; wait a minute and try again.",
                 )
+
+    def check_sign_up(self) -> None:
+        address = request.remote_addr or "unknown"
+        if not self.window.hit(SIGN_UPS_PER_ADDRESS, "caredeck-sign-up", address):
+            log.warning("sign-up rate limit reached for %r", address)
+            abort(429, "Too many account requests from this address; try again later.")
+
+    def unknown_account_locked(self, email: str) -> bool:
+        key = email.strip().lower()
+        return not self.window.test(UNKNOWN_ACCOUNT_FAILURES, "caredeck-unknown", key)
+
+    def unknown_account_failed(self, email: str) -> None:
+        self.window.hit(UNKNOWN_ACCOUNT_FAILURES, "caredeck-unknown", email.strip().lower())
 
 
 def init_app(app) -> None:
@@ -44,5 +60,5 @@ def init_app(app) -> None:
     )
 
 
-def check_sign_in(email: str) -> None:
-    current_app.extensions["caredeck_sign_in_limits"].check(email)
+def sign_in_limits() -> SignInLimits:
+    return current_app.extensions["caredeck_sign_in_limits"]

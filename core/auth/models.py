@@ -96,28 +96,30 @@ class User(Model):
             return None
         if user.locked_until is not None and user.locked_until > utcnow():
             raise AccountLocked(user.locked_until)
+        this = cls.id == user.id
         if not check_password_hash(user.password_hash, password):
-            user.failed_logins += 1
-            if user.failed_logins >= LOCKOUT_THRESHOLD:
-                user.locked_until = utcnow() + LOCKOUT_DURATION
-                user.failed_logins = 0
+            # Counted in the database, not in Python, so parallel guesses all count; and
+            # only these columns are written, so an admin's change made meanwhile stays.
+            cls.update(failed_logins=cls.failed_logins + 1).where(this).execute()
+            locked = (
+                cls.update(failed_logins=0, locked_until=utcnow() + LOCKOUT_DURATION)
+                .where(this, cls.failed_logins >= LOCKOUT_THRESHOLD)
+                .execute()
+            )
+            if locked:
                 log.warning(
-                    "account %s locked after %d failed sign-ins", user.email, LOCKOUT_THRESHOLD
+                    "account %r locked after %d failed sign-ins", user.email, LOCKOUT_THRESHOLD
                 )
-            user.save()
             return None
-        user.failed_logins = 0
-        user.locked_until = None
-        user.last_login_at = utcnow()
-        user.save()
-        return user
+        cls.update(failed_logins=0, locked_until=None, last_login_at=utcnow()).where(this).execute()
+        return cls.get(this)
 
     def set_password(self, password: str) -> None:
         """Set a new password; every session and token of the user ends."""
         self.password_hash = generate_password_hash(password)
         self.failed_logins = 0
         self.locked_until = None
-        self.save()
+        self.save(only=[User.password_hash, User.failed_logins, User.locked_until])
         self.revoke_all()
 
     def revoke_all(self) -> None:

@@ -84,6 +84,15 @@ def update_account(user: User, changes: dict) -> User:
     return user
 
 
+def reset_password(user: User) -> str:
+    """Give ``user`` a temporary password (returned, shown once) and end their sessions."""
+    if user.id == current_user().id:
+        abort(422, "Change your own password on your account page, not by a reset.")
+    temporary = secrets.token_urlsafe(12)
+    user.set_password(temporary)
+    return temporary
+
+
 @blp.route("")
 class Users(MethodView):
     @allow("admin")
@@ -124,7 +133,4 @@ class PasswordReset(MethodView):
     @blp.response(200, CoreTemporaryPasswordSchema)
     def post(self, user_id):
         """Replace the password with a temporary one (shown once); ends every session."""
-        user = find_user(user_id)
-        temporary = secrets.token_urlsafe(12)
-        user.set_password(temporary)
-        return {"temporary_password": temporary}
+        return {"temporary_password": reset_password(find_user(user_id))}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from urllib.parse import urlsplit
 
 import marshmallow as ma
@@ -19,8 +18,11 @@ from flask import (
     url_for,
 )
 from werkzeug.exceptions import HTTPException
+from werkzeug.security import check_password_hash
 
 from core import audit
+from core.api import describe_errors
+from core.auth import passwords
 from core.auth.access import ROLES, SESSION_KEY, allow, current_token, current_user, public
 from core.auth.accounts import (
     PENDING_MESSAGE,
@@ -30,7 +32,13 @@ from core.auth.accounts import (
     sign_in,
 )
 from core.auth.models import SESSION_LIFETIME, STATUSES, ApiToken, User
-from core.auth.users_api import CoreAccountUpdateSchema, update_account
+from core.auth.users_api import (
+    CoreAccountUpdateSchema,
+    find_user,
+    reset_password,
+    update_account,
+)
+from core.db import utcnow
 
 pages = Blueprint("auth_pages", __name__)
 AUDIT_PAGE_SIZE = 50
@@ -103,51 +111,89 @@ def logout():
 # Administrators ---------------------------------------------------------------------------
 
 
-@pages.route("/admin/users")
-@allow("admin")
-def users():
+def _users_page(message: str | None = None, status_code: int = 200):
     status = request.args.get("status", "")
     query = User.select().order_by(User.status.desc(), User.created_at.desc())
     if status in STATUSES:
         query = query.where(User.status == status)
-    return render_template(
+    page = render_template(
         "caredeck/admin_users.html",
         users=list(query.limit(500)),
         roles=ROLES,
         statuses=STATUSES,
         status=status,
+        message=message,
+        now=utcnow(),
     )
+    return page, status_code
+
+
+@pages.route("/admin/users")
+@allow("admin")
+def users():
+    return _users_page()
 
 
 @pages.route("/admin/users/<int:user_id>", methods=["POST"])
 @allow("admin")
 def change_user(user_id: int):
-    user = User.get_or_none(User.id == user_id)
-    if user is None:
-        abort(404, f"There is no user {user_id}.")
+    """One form per action; a refusal is shown on the page, as a sentence."""
+    user = find_user(user_id)
     action = request.form.get("action")
-    if action == "reset-password":
-        temporary = secrets.token_urlsafe(12)
-        user.set_password(temporary)
-        flash(f"New temporary password for {user.email}: {temporary} (shown once).")
-        return redirect(url_for("auth_pages.users"))
-    changes = {"disable": {"status": "disabled"}}.get(action) or {
-        "status": "active",
-        "role": request.form.get("role") or None,
-        "patient_mrn": request.form.get("patient_mrn") or None,
-    }
     try:
-        changes = CoreAccountUpdateSchema().load(changes)
-    except ma.ValidationError as invalid:
-        flash(f"{user.email}: {invalid.messages}")
-        return redirect(url_for("auth_pages.users"))
-    try:
+        if action == "reset-password":
+            # Shown in this response only: a flash message would travel in the cookie.
+            temporary = reset_password(user)
+            return _users_page(
+                f"New temporary password for {user.email}: {temporary} "
+                "(shown once; they should change it after signing in)."
+            )
+        if action == "disable":
+            changes = {"status": "disabled"}
+        elif action == "activate":
+            changes = CoreAccountUpdateSchema().load(
+                {
+                    "status": "active",
+                    "role": request.form.get("role") or None,
+                    "patient_mrn": request.form.get("patient_mrn") or None,
+                }
+            )
+        else:
+            abort(400, "Choose one of the actions on the page.")
         update_account(user, changes)
-    except HTTPException as refused:  # a sentence saying why the change makes no sense
-        flash(f"{user.email}: {refused.description}")
-        return redirect(url_for("auth_pages.users"))
+    except ma.ValidationError as invalid:
+        return _users_page(f"{user.email}: " + "; ".join(describe_errors(invalid.messages)), 422)
+    except HTTPException as refused:
+        return _users_page(f"{user.email}: {refused.description}", refused.code or 400)
     flash(f"{user.email} is now {user.status}" + (f" ({user.role})." if user.role else "."))
     return redirect(url_for("auth_pages.users"))
+
+
+@pages.route("/account/password", methods=["GET", "POST"])
+@allow(*ROLES)
+def change_password():
+    """Change one's own password (after a reset, or at any time); other sessions end."""
+    errors: dict[str, list[str]] = {}
+    if request.method == "POST":
+        user = current_user()
+        new = request.form.get("password", "")
+        if not check_password_hash(user.password_hash, request.form.get("current", "")):
+            errors["current"] = ["This is not your current password."]
+        reasons = passwords.problems(new, email=user.email, name=user.name)
+        if reasons:
+            errors["password"] = reasons
+        elif new != request.form.get("password_confirm", ""):
+            errors["password_confirm"] = ["The two passwords differ."]
+        if not errors:
+            user.set_password(new)  # ends every session, this one too
+            secret, _ = ApiToken.issue(user, lifetime=SESSION_LIFETIME, kind="session")
+            session.clear()
+            session[SESSION_KEY] = secret
+            session.permanent = True
+            flash("Your password is changed; your other sessions have ended.")
+            return redirect(url_for("core_patients.index"))
+    status = 422 if errors else 200
+    return render_template("caredeck/account_password.html", errors=errors), status
 
 
 def _audit_filters() -> dict[str, str | None]:
@@ -162,6 +208,7 @@ def _audit_filters() -> dict[str, str | None]:
 @audit.audited("search audit")
 def audit_log():
     filters = _audit_filters()
+    audit.note(patient=filters["patient"])
     page = max(1, request.args.get("page", 1, type=int))
     events = list(audit.query(**filters).paginate(page, AUDIT_PAGE_SIZE))
     return render_template(
@@ -178,6 +225,7 @@ def audit_log():
 @audit.audited("export audit")
 def audit_export():
     filters = _audit_filters()
+    audit.note(patient=filters["patient"])
     lines = audit.to_csv(audit.query(**filters))
     return Response(
         stream_with_context(lines),
