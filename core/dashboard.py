@@ -53,8 +53,7 @@ class ChartSection:
 pages = Blueprint("core_pages", __name__)
 
 
-# <path:mrn>: hospital MRNs such as "4711/22" contain slashes.
-@pages.route("/patients/<path:mrn>/sections/<key>")
+@pages.route("/patients/<mrn>/sections/<key>")
 @allow(*ROLES)
 def chart_section(mrn: str, key: str):
     """One chart section's HTML, fetched by the chart page on its own."""

@@ -4,8 +4,14 @@
 // section shows an error in its own box and the rest of the chart still works.
 function loadSections() {
   document.querySelectorAll("[data-section-url]").forEach(function (box) {
-    fetch(box.dataset.sectionUrl, { credentials: "same-origin" })
+    fetch(box.dataset.sectionUrl, { credentials: "same-origin", redirect: "manual" })
       .then(function (response) {
+        if (response.type === "opaqueredirect") {
+          // The session ended: the server wants the sign-in page, not this fragment.
+          box.textContent = "Your session has ended; reload the page to sign in again.";
+          box.classList.add("failed");
+          return;
+        }
         return response.text().then(function (html) {
           box.innerHTML = html;
           if (!response.ok) box.classList.add("failed");

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from flask import abort
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from flask_smorest import abort as abort_with_errors
 
-from core.audit import audited, concerns
+from core.audit import audited, note
 from core.auth import ROLES, STAFF, allow, current_user
 from core.patients.models import (
     DuplicateMrnError,
-    Patient,
     create_patient,
-    find_visible,
     search,
     update_patient,
+    visible_or_404,
     visible_patients,
 )
 from core.patients.schemas import (
@@ -30,13 +28,6 @@ blp = Blueprint(
     url_prefix="/api/patients",
     description="The patient registry. A patient user sees only their own record.",
 )
-
-
-def visible_or_404(mrn: str) -> Patient:
-    patient = find_visible(current_user(), mrn)
-    if patient is None:
-        abort(404, f"There is no patient with MRN {mrn!r}.")
-    return patient
 
 
 @blp.route("")
@@ -58,15 +49,14 @@ class Patients(MethodView):
     @blp.alt_response(409, description="A patient with this MRN already exists")
     def post(self, data):
         """Register a patient."""
-        concerns(data["mrn"])
+        note(patient=data["mrn"])
         try:
             return create_patient(data)
         except DuplicateMrnError as error:
             abort_with_errors(409, message=str(error), errors={"json": {"mrn": [str(error)]}})
 
 
-# <path:mrn>: hospital MRNs such as "4711/22" contain slashes.
-@blp.route("/<path:mrn>")
+@blp.route("/<mrn>")
 class PatientRecord(MethodView):
     @allow(*ROLES)
     @blp.response(200, CorePatientSchema)

@@ -10,18 +10,21 @@ from __future__ import annotations
 import re
 
 import peewee
+from flask import abort
 
-from core.auth.access import STAFF
+from core.auth.access import STAFF, current_user
 from core.db import Model, UTCDateTimeField, database, utcnow
 
 SEXES = ("female", "male", "other", "unknown")
 MRN_MAX_LENGTH = 64
-# Every '/'-separated part starts with a letter or digit, so an MRN such as "4711/22" is one
-# unambiguous URL path (/patients/4711/22): no empty parts, no "." or ".." parts.
-MRN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+# An MRN is one URL path segment (/patients/<mrn>/...): a '/' would make an MRN such as
+# "12/sections" indistinguishable from a sub-page, so it is not allowed. "new" is the add
+# form's address.
+MRN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RESERVED_MRNS = frozenset({"new"})
 MRN_RULE = (
-    f"An MRN is 1 to {MRN_MAX_LENGTH} characters: letters, digits, '.', '_', '-' or '/'. "
-    "It starts with a letter or digit, and so does each part after a '/'."
+    f"An MRN is 1 to {MRN_MAX_LENGTH} characters: letters, digits, '.', '_' or '-', starting "
+    "with a letter or digit (and not the word 'new')."
 )
 
 
@@ -30,6 +33,7 @@ def is_valid_mrn(mrn: object) -> bool:
         isinstance(mrn, str)
         and len(mrn) <= MRN_MAX_LENGTH
         and MRN_PATTERN.fullmatch(mrn) is not None
+        and mrn.lower() not in RESERVED_MRNS
     )
 
 
@@ -134,6 +138,14 @@ def find_visible(user, mrn: str) -> Patient | None:
     """The patient with this MRN if ``user`` may see it; ``None`` otherwise, so that a
     patient user cannot tell someone else's record from a missing one."""
     return visible_patients(user).where(Patient.mrn == mrn).first()
+
+
+def visible_or_404(mrn: str) -> Patient:
+    """The patient the signed-in user may see with this MRN, or a 404."""
+    patient = find_visible(current_user(), mrn)
+    if patient is None:
+        abort(404, f"There is no patient with MRN {mrn!r}.")
+    return patient
 
 
 def search(query: peewee.ModelSelect, text: str | None = None, sex: str | None = None):

@@ -11,7 +11,7 @@ import marshmallow as ma
 from flask import current_app, has_app_context
 from marshmallow import fields, validate
 
-from core.patients.models import MRN_MAX_LENGTH, MRN_PATTERN, MRN_RULE, SEXES
+from core.patients.models import MRN_RULE, SEXES, is_valid_mrn
 
 EARLIEST_BIRTH_DATE = datetime.date(1900, 1, 1)
 # Fields a form may leave empty: an empty string there means "no value", never an error.
@@ -41,7 +41,7 @@ def check_birth_date(value: datetime.date) -> None:
 
 
 def check_mrn(value: str) -> None:
-    if len(value) > MRN_MAX_LENGTH or not MRN_PATTERN.fullmatch(value):
+    if not is_valid_mrn(value):
         raise ma.ValidationError(f"{value!r} is not a valid MRN. {MRN_RULE}")
 
 

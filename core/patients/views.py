@@ -7,18 +7,18 @@ import math
 import zoneinfo
 
 import marshmallow as ma
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
-from core.audit import audited, concerns, recent_access
+from core.audit import audited, note, recent_access
 from core.auth import ROLES, STAFF, allow, current_user
 from core.patients.models import (
     SEXES,
     DuplicateMrnError,
     Patient,
     create_patient,
-    find_visible,
     search,
     update_patient,
+    visible_or_404,
     visible_patients,
 )
 from core.patients.schemas import (
@@ -128,7 +128,7 @@ def new():
     if request.method == "GET":
         return _render_form(None, {"sex": "unknown"}, {})
     values = _submitted()
-    concerns(values.get("mrn") or None)
+    note(patient=values.get("mrn") or None)
     try:
         patient = create_patient(create_schema.load(values))
     except ma.ValidationError as invalid:
@@ -138,14 +138,15 @@ def new():
     return redirect(url_for(".chart", mrn=patient.mrn), 303)
 
 
-@pages.route("/patients/<path:mrn>/edit", methods=["GET", "POST"])
+@pages.route("/patients/<mrn>/edit", methods=["GET", "POST"])
 @allow(*STAFF)
 def edit(mrn: str):
-    patient = _visible_or_404(mrn)
+    patient = visible_or_404(mrn)
     if request.method == "GET":
         current = create_schema.dump(patient)
         values = {name: current.get(name) or "" for name in FORM_FIELDS}
         return _render_form(patient, values, {})
+    note(action="update")
     values = _submitted()
     values.pop("mrn", None)  # shown, not editable; the schema would refuse it
     try:
@@ -156,10 +157,10 @@ def edit(mrn: str):
     return redirect(url_for(".chart", mrn=patient.mrn), 303)
 
 
-@pages.route("/patients/<path:mrn>")
+@pages.route("/patients/<mrn>")
 @allow(*ROLES)
 def chart(mrn: str):
-    patient = _visible_or_404(mrn)
+    patient = visible_or_404(mrn)
     user = current_user()
     sections = [
         section
@@ -175,13 +176,6 @@ def chart(mrn: str):
         is_staff=is_staff,
         access_history=_access_history(patient.mrn) if is_staff else None,
     )
-
-
-def _visible_or_404(mrn: str) -> Patient:
-    patient = find_visible(current_user(), mrn)
-    if patient is None:
-        abort(404, f"There is no patient with MRN {mrn!r}.")
-    return patient
 
 
 def _age(born: datetime.date | None) -> int | None:
