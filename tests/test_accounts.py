@@ -253,7 +253,37 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(client, 
     )
     assert right.status_code == 403
     assert "locked after repeated failed sign-ins" in right.json["message"]
-    assert "account nurse@example.org locked" in caplog.text
+    assert "account 'nurse@example.org' locked" in caplog.text
+
+
+def test_an_unknown_email_is_answered_like_a_locked_account(client):
+    answers = [
+        client.post("/api/auth/token", json={"email": "ghost@example.org", "password": "guess"})
+        for _ in range(LOCKOUT_THRESHOLD + 1)
+    ]
+    assert [a.status_code for a in answers] == [401] * LOCKOUT_THRESHOLD + [403]
+    assert "locked after repeated failed sign-ins" in answers[-1].json["message"]
+
+
+def test_parallel_failures_all_count_towards_the_lockout(app, users):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fail(_):
+        with database.connection_context():
+            return User.authenticate("nurse@example.org", "wrong password!")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(fail, range(LOCKOUT_THRESHOLD)))
+    with database.connection_context():
+        assert User.find("nurse@example.org").locked_until is not None
+
+
+def test_a_failed_sign_in_does_not_undo_an_admins_change(app, users):
+    with database.connection_context():
+        stale = User.find("nurse@example.org")
+        User.update(status="disabled").where(User.id == stale.id).execute()
+        User.authenticate("nurse@example.org", "wrong password!")
+        assert User.find("nurse@example.org").status == "disabled"
 
 
 def test_approving_again_unlocks(client, client_for, users):
@@ -267,16 +297,14 @@ def test_approving_again_unlocks(client, client_for, users):
 
 
 def test_sign_in_attempts_are_rate_limited_per_account(client, users):
-    statuses = [
-        client.post(
-            "/api/auth/token", json={"email": "ghost@example.org", "password": "whatever"}
-        ).status_code
-        for _ in range(12)
-    ]
-    assert statuses[:10] == [401] * 10
-    assert statuses[10:] == [429, 429]
-    limited = client.post("/api/auth/token", json={"email": "ghost@example.org", "password": "x"})
-    assert "Too many sign-in attempts from this account" in limited.json["message"]
+    def attempt():
+        body = {"email": "doctor@example.org", "password": "wrong password!"}
+        return client.post("/api/auth/token", json=body)
+
+    statuses = [attempt().status_code for _ in range(12)]
+    # Five failures, then the lockout (403), then the rate limit (429) after ten attempts.
+    assert statuses == [401] * 5 + [403] * 5 + [429, 429]
+    assert "Too many sign-in attempts from this account" in attempt().json["message"]
 
 
 # Tokens -----------------------------------------------------------------------------------
@@ -320,3 +348,78 @@ def test_every_response_carries_the_security_headers(client):
         assert headers["X-Frame-Options"] == "DENY"
         assert headers["Referrer-Policy"] == "same-origin"
     assert "unsafe-inline" not in client.get("/login").headers["Content-Security-Policy"]
+
+
+# The administrators' page ---------------------------------------------------------------
+
+
+def admin_page_post(client, user_id, **form):
+    token = csrf_from(client.get("/admin/users"))
+    return client.post(f"/admin/users/{user_id}", data={"csrf_token": token, **form})
+
+
+def test_activating_without_choosing_a_role_is_refused(client, users):
+    with database.connection_context():
+        pending = User.create_user("eve@example.org", STRONG, role=None)
+    sign_in_page(client, "admin@example.org")
+    page = admin_page_post(client, pending.id, action="activate", role="")
+    assert page.status_code == 422
+    assert "Give the account a role before activating it." in page.text
+    with database.connection_context():
+        assert User.find("eve@example.org").status == "pending"
+
+
+def test_an_unknown_action_changes_nothing(client, users):
+    sign_in_page(client, "admin@example.org")
+    with database.connection_context():
+        User.update(status="disabled").where(User.id == users["nurse"].id).execute()
+    page = admin_page_post(client, users["nurse"].id, action="bogus")
+    assert page.status_code == 400
+    with database.connection_context():
+        assert User.find("nurse@example.org").status == "disabled"
+
+
+def test_a_reset_password_is_shown_once_and_never_put_in_the_cookie(client, users):
+    sign_in_page(client, "admin@example.org")
+    page = admin_page_post(client, users["doctor"].id, action="reset-password")
+    temporary = re.search(r"doctor@example.org: (\S+) \(shown once", page.text).group(1)
+    assert temporary not in (page.headers.get("Set-Cookie") or "")
+    fresh = client.post(
+        "/api/auth/token", json={"email": "doctor@example.org", "password": temporary}
+    )
+    assert fresh.status_code == 200
+
+
+def test_an_admin_cannot_reset_their_own_password(client_for, users):
+    response = client_for("admin").post(f"/api/users/{users['admin'].id}/password-reset")
+    assert response.status_code == 422
+
+
+def test_a_user_changes_their_own_password_and_other_sessions_end(client, client_for, users):
+    other = client_for("nurse")
+    sign_in_page(client, "nurse@example.org")
+    form = client.get("/account/password")
+    wrong = client.post(
+        "/account/password",
+        data={
+            "csrf_token": csrf_from(form),
+            "current": "nope",
+            "password": "short",
+            "password_confirm": "short",
+        },
+    )
+    assert wrong.status_code == 422
+    assert "This is not your current password." in wrong.text
+    assert "Use at least 12 characters." in wrong.text
+    changed = client.post(
+        "/account/password",
+        data={
+            "csrf_token": csrf_from(form),
+            "current": ROLE_PASSWORD,
+            "password": STRONG,
+            "password_confirm": STRONG,
+        },
+    )
+    assert changed.status_code == 302
+    assert client.get("/").status_code == 200  # this browser stays signed in
+    assert other.get("/api/auth/me").status_code == 401  # every other session ended

@@ -149,3 +149,10 @@ def test_the_docs_ui_loads_only_local_assets(client):
     for source in sources:
         assert client.get(source).status_code == 200, source
     assert "<script>" not in page  # no inline script (Content-Security-Policy friendly)
+
+
+def test_a_newline_in_the_path_cannot_forge_a_log_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="caredeck.request")
+    client.get("/healthz%0A2026-01-01 INFO caredeck.request forged")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "caredeck.request"]
+    assert "\n" not in line and "\\n2026-01-01" in line

@@ -153,3 +153,80 @@ def test_a_read_that_cannot_be_audited_is_not_shown(client_for, registry, monkey
     assert response.status_code == 503
     assert "Ada" not in response.text
     assert "could not be recorded in the audit log" in response.json["message"]
+
+
+def test_an_options_view_is_access_checked_and_audited(make_app, users):
+    from flask import Blueprint
+    from helpers import make_plugin
+
+    from core.auth import STAFF, allow
+
+    probe = Blueprint("probe", __name__)
+
+    @probe.route("/probe/<mrn>", methods=["GET", "OPTIONS"])
+    @allow(*STAFF)
+    def secret(mrn):
+        return f"secret of {mrn}"
+
+    app = make_app(
+        plugins={"probe": make_plugin("probe", caredeck_page_blueprints=lambda: [probe])}
+    )
+    assert app.test_client().options("/probe/X").status_code == 401
+
+
+def test_head_requests_are_audited_like_get(client_for, registry):
+    client_for("doctor").head("/api/patients?q=Lind")
+    [event] = events(user="doctor@example.org")
+    assert event["action"] == "search patients"
+
+
+def test_an_anonymous_redirect_to_sign_in_is_a_denied_access(client, registry):
+    assert client.get(f"/patients/{ADA['mrn']}").status_code == 302
+    [event] = events(patient=ADA["mrn"])
+    assert (event["user"], event["outcome"]) == (None, "denied")
+
+
+def test_saving_the_edit_form_is_an_update(client_for, registry):
+    from test_accounts import csrf_from
+
+    nurse = client_for("nurse")
+    form = nurse.get(f"/patients/{ADA['mrn']}/edit")
+    nurse.post(
+        f"/patients/{ADA['mrn']}/edit",
+        data={
+            "csrf_token": csrf_from(form),
+            "first_name": "Ada",
+            "last_name": "Lind",
+            "sex": "female",
+            "date_of_birth": "1950-02-03",
+        },
+    )
+    assert [e["action"] for e in events(patient=ADA["mrn"])] == ["update", "view"]
+
+
+def test_an_admin_reading_a_patients_access_history_is_itself_audited(client_for, registry):
+    client_for("admin").get(f"/api/audit?patient={ADA['mrn']}")
+    [event] = events(patient=ADA["mrn"])
+    assert (event["user"], event["action"]) == ("admin@example.org", "search audit")
+
+
+def test_an_absurd_page_number_is_a_clear_422(client_for, registry):
+    response = client_for("doctor").get("/api/patients?page=100000000000000000000")
+    assert response.status_code == 422
+    assert response.json["errors"] == {"query": {"page": ["Must be at most 100000."]}}
+
+
+def test_behind_a_trusted_proxy_the_client_address_is_audited(make_app, users):
+    app = make_app(TRUSTED_PROXIES="1")
+    with database.connection_context():
+        Patient.create(**ADA)
+    from core.auth.models import ApiToken
+
+    with database.connection_context():
+        token, _ = ApiToken.issue(User.find("doctor@example.org"))
+    app.test_client().get(
+        f"/api/patients/{ADA['mrn']}",
+        headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "10.9.8.7"},
+    )
+    [event] = events(patient=ADA["mrn"])
+    assert event["address"] == "10.9.8.7"

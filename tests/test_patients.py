@@ -52,8 +52,8 @@ def test_the_migration_creates_every_column(app):
 
 def test_ensure_patient_creates_a_minimal_record_once(app):
     with database.connection_context():
-        first = ensure_patient("4711/22")
-        again = ensure_patient("4711/22")
+        first = ensure_patient("4711.22")
+        again = ensure_patient("4711.22")
         assert first.id == again.id
         assert Patient.select().count() == 1
         assert (again.first_name, again.last_name, again.sex) == (None, None, "unknown")
@@ -134,7 +134,7 @@ def test_the_list_is_ordered_by_name_then_mrn(nurse):
 
 def test_search_matches_names_and_mrns_case_insensitively(nurse):
     register(nurse, **ANNA)
-    register(nurse, mrn="4711/22", first_name="Jonas", last_name="Weber")
+    register(nurse, mrn="4711.22", first_name="Jonas", last_name="Weber")
     register(nurse, mrn="M-9", first_name="Per", last_name="Cent%sson")
 
     def found(q, **params):
@@ -145,14 +145,14 @@ def test_search_matches_names_and_mrns_case_insensitively(nurse):
     assert found("schmidt") == ["MRN-000123"]
     assert found("ANNA schm") == ["MRN-000123"]  # every word must match somewhere
     assert found("mrn-000") == ["MRN-000123"]
-    assert found("4711/2") == ["4711/22"]
-    assert found("/22") == ["4711/22"]
+    assert found("4711.2") == ["4711.22"]
+    assert found(".22") == ["4711.22"]
     # LIKE wildcards in the search are plain characters, not "anything".
     assert found("%") == ["M-9"]
     assert found("t%s") == ["M-9"]
     assert found("_") == []
     assert found("' OR 1=1 --") == []
-    assert found("") == ["4711/22", "M-9", "MRN-000123"]
+    assert found("") == ["4711.22", "M-9", "MRN-000123"]
     assert found("a", sex="female") == ["MRN-000123"]
 
 
@@ -175,7 +175,7 @@ def test_the_list_is_paginated_with_a_header(nurse):
         ("date_of_birth", "07.03.1984", "YYYY-MM-DD"),
         ("sex", "f", "Choose one of: female, male, other, unknown."),
         ("mrn", "MRN 1", "is not a valid MRN"),
-        ("mrn", "-1", "starts with a letter or digit"),
+        ("mrn", "-1", "starting with a letter or digit"),
         ("first_name", "", "Enter the first name"),
         ("last_name", "x" * 101, "1 to 100 characters"),
         ("email", "anna-at-example", "Enter a valid email address"),
@@ -240,11 +240,11 @@ def test_an_unknown_patient_is_a_json_404(nurse):
         assert "MRN-404" in response.json["message"]
 
 
-def test_an_mrn_with_a_slash_is_one_record(nurse):
-    register(nurse, mrn="4711/22", first_name="Jonas", last_name="Weber")
-    assert nurse.get("/api/patients/4711/22").json["last_name"] == "Weber"
-    updated = nurse.patch("/api/patients/4711/22", json={"first_name": "Jo"})
-    assert updated.status_code == 200 and updated.json["mrn"] == "4711/22"
+def test_an_mrn_with_dots_is_one_record(nurse):
+    register(nurse, mrn="4711.22", first_name="Jonas", last_name="Weber")
+    assert nurse.get("/api/patients/4711.22").json["last_name"] == "Weber"
+    updated = nurse.patch("/api/patients/4711.22", json={"first_name": "Jo"})
+    assert updated.status_code == 200 and updated.json["mrn"] == "4711.22"
 
 
 def test_only_staff_write_and_a_patient_user_sees_no_one_else(client_for, nurse):
@@ -273,11 +273,11 @@ def test_the_api_is_documented(client):
 
 def test_the_patient_list_searches_and_links_each_chart(nurse):
     register(nurse, **ANNA)
-    register(nurse, mrn="4711/22", first_name="Jonas", last_name="Weber")
+    register(nurse, mrn="4711.22", first_name="Jonas", last_name="Weber")
     page = nurse.get("/?q=weber")
     assert page.status_code == 200
     assert 'name="q"' in page.text and 'value="weber"' in page.text
-    assert '<a href="/patients/4711/22">Weber, Jonas</a>' in page.text
+    assert '<a href="/patients/4711.22">Weber, Jonas</a>' in page.text
     assert "Schmidt" not in page.text
     assert 'href="/patients/new"' in page.text  # "Add patient"
     for heading in ("MRN", "Name", "Date of birth", "Sex", "Last activity"):
@@ -360,8 +360,8 @@ def test_forms_are_staff_only(client_for, nurse):
 
 
 def test_the_chart_shows_demographics_and_a_box_per_section(client_for, nurse):
-    register(nurse, **{**ANNA, "mrn": "4711/22"}, insurance_provider="AOK")
-    page = nurse.get("/patients/4711/22")
+    register(nurse, **{**ANNA, "mrn": "4711.22"}, insurance_provider="AOK")
+    page = nurse.get("/patients/4711.22")
     assert page.status_code == 200
     text = page.text
     assert "<h1>Schmidt, Anna</h1>" in text
@@ -369,12 +369,12 @@ def test_the_chart_shows_demographics_and_a_box_per_section(client_for, nurse):
     assert (
         '<section class="section" aria-labelledby="section-hello-title">\n'
         '  <h2 id="section-hello-title">Greetings</h2>\n'
-        '  <div data-section-url="/patients/4711/22/sections/hello"'
+        '  <div data-section-url="/patients/4711.22/sections/hello"'
     ) in text
     assert "Who accessed this record" in text
     assert "<script>" not in text and "style=" not in text
-    section = nurse.get("/patients/4711/22/sections/hello")
-    assert section.status_code == 200 and "4711/22" in section.text
+    section = nurse.get("/patients/4711.22/sections/hello")
+    assert section.status_code == 200 and "4711.22" in section.text
 
 
 def test_a_patient_user_opens_only_their_own_chart(app, users, client_for):
@@ -415,3 +415,10 @@ def test_the_chart_shows_staff_who_accessed_the_record(client_for, nurse):
     panel = page.text.split("Who accessed this record", 1)[1]
     assert "doctor@example.org" in panel
     assert "/patients/MRN-000123" in panel
+
+
+@pytest.mark.parametrize("mrn", ["4711/22", "new", "NEW", "-1", "a b", "x" * 65])
+def test_an_mrn_that_cannot_be_one_url_segment_is_refused(nurse, mrn):
+    response = nurse.post("/api/patients", json={"mrn": mrn, "first_name": "A", "last_name": "B"})
+    assert response.status_code == 422
+    assert "is not a valid MRN" in response.json["errors"]["json"]["mrn"][0]
