@@ -9,8 +9,6 @@ Denied attempts are recorded too. If a read cannot be recorded, the record is no
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,6 +22,7 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from core.auth.access import allow, automatic_options, declared
 from core.db import Model, UTCDateTimeField, utcnow
+from core.exports import csv_lines
 
 log = logging.getLogger("caredeck.audit")
 ATTRIBUTE = "_caredeck_audit"
@@ -114,28 +113,11 @@ def recent_access(mrn: str, limit: int = 20) -> list[AuditEvent]:
     return list(query(patient=mrn).limit(limit))
 
 
-# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> str:
-    text = (
-        value.isoformat() if hasattr(value, "isoformat") else ("" if value is None else str(value))
-    )
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
-
-
-def to_csv(events: Iterable[AuditEvent]) -> Iterable[str]:
-    """CSV lines (header first), safe to open in a spreadsheet."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(FIELDS)
-    yield buffer.getvalue()
-    for event in events.iterator() if hasattr(events, "iterator") else events:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow([_cell(getattr(event, field)) for field in FIELDS])
-        yield buffer.getvalue()
+def to_csv(events: peewee.ModelSelect) -> Iterable[str]:
+    """The events as CSV lines (header first), safe to open in a spreadsheet."""
+    # A generator: the query runs while the response streams, inside its request context.
+    rows = ([getattr(event, field) for field in FIELDS] for event in events.iterator())
+    yield from csv_lines(FIELDS, rows)
 
 
 def init_app(app: Flask) -> None:

@@ -6,7 +6,9 @@ live in the top-level ``static`` package.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,6 +87,16 @@ def navigation() -> list[dict]:
     ]
 
 
+def local_time(moment: datetime.datetime | None) -> str:
+    """A stored (UTC) moment as the hospital's wall-clock time, for pages."""
+    if moment is None:
+        return ""
+    zone = zoneinfo.ZoneInfo(current_app.config["TIMEZONE"])
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
 def init_app(app) -> None:
     app.register_blueprint(pages)
-    app.context_processor(lambda: {"navigation": navigation, "current_user": current_user})
+    app.context_processor(
+        lambda: {"navigation": navigation, "current_user": current_user, "local_time": local_time}
+    )

@@ -33,5 +33,22 @@ function confirmActions() {
   });
 }
 
+// <p data-auto-refresh="60"> reloads the page every 60 s while the tab is visible; a tab
+// that comes back after a longer absence reloads at once.
+function autoRefresh() {
+  var marker = document.querySelector("[data-auto-refresh]");
+  if (!marker) return;
+  var period = Number(marker.dataset.autoRefresh) * 1000;
+  var loadedAt = Date.now();
+  function reloadIfDue() {
+    if (document.visibilityState === "visible" && Date.now() - loadedAt >= period) {
+      window.location.reload();
+    }
+  }
+  window.setInterval(reloadIfDue, 5000);
+  document.addEventListener("visibilitychange", reloadIfDue);
+}
+
 document.addEventListener("DOMContentLoaded", loadSections);
+document.addEventListener("DOMContentLoaded", autoRefresh);
 document.addEventListener("DOMContentLoaded", confirmActions);

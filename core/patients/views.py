@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import zoneinfo
 
 import marshmallow as ma
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
@@ -52,15 +51,7 @@ pages = Blueprint("core_patients", __name__)
 
 @pages.context_processor
 def _helpers():
-    return {"local_time": local_time, "sexes": SEXES}
-
-
-def local_time(moment: datetime.datetime | None) -> str:
-    """A stored (UTC) moment as the hospital's wall-clock time."""
-    if moment is None:
-        return ""
-    zone = zoneinfo.ZoneInfo(current_app.config.get("TIMEZONE", "UTC"))
-    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    return {"sexes": SEXES}
 
 
 def _page_number() -> int:
