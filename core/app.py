@@ -169,8 +169,9 @@ def _register_plugins(app: flask.Flask, state: Caredeck) -> None:
     call = lambda hook: plugins.call(state.manager, hook, app=app)  # noqa: E731
     owners: dict[str, dict[str, str]] = {}
 
-    def claim(kind: str, plugin: str, name: str, separator: str = "_") -> None:
-        plugins.check_owned(plugin, kind, name, separator)
+    def claim(kind: str, plugin: str, name: str, separator: str | None = "_") -> None:
+        if separator is not None:
+            plugins.check_owned(plugin, kind, name, separator)
         plugins.check_unique(kind, owners.setdefault(kind, {}), name, plugin)
         owners[kind][name] = plugin
         state.plugins[plugin].registered.setdefault(kind, []).append(name)
@@ -261,7 +262,9 @@ def _register_plugins(app: flask.Flask, state: Caredeck) -> None:
                     f"Plugin {plugin!r} registers command {command.name!r}, which is a core "
                     f"command."
                 )
-            claim("command", plugin, command.name, separator="-")
+            # Commands are what operators type (`caredeck ingest`), so they are not prefixed;
+            # a clash with the core's or another plugin's command stops start-up instead.
+            claim("command", plugin, command.name, separator=None)
             app.cli.add_command(command)
 
 

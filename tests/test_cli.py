@@ -77,6 +77,13 @@ def test_seed_is_idempotent_and_prints_what_it_set(run):
 def test_plugins_lists_what_is_loaded(run):
     result = run("plugins")
     assert result.exit_code == 0
+    assert "monitoring 0.1.0 (caredeck)" in result.output  # built in, through its entry point
+    assert "  command: ingest" in result.output
+    assert "monitoring_admissions" in result.output
+
+
+def test_an_empty_allow_list_enables_no_plugin(run):
+    result = run("plugins", env={"CAREDECK_PLUGINS": ""})
     assert result.output.strip() == "No plugins enabled."
 
 
@@ -92,9 +99,9 @@ def test_a_bad_setting_is_one_line_and_exit_status_2(run):
 def test_a_plugin_that_is_not_installed_is_one_line(run):
     result = run("plugins", env={"CAREDECK_PLUGINS": "radiology"})
     assert result.exit_code == 2
-    assert result.output.strip() == (
+    assert result.output.strip().startswith(
         "Error: CAREDECK_PLUGINS names plugin 'radiology', which is not installed "
-        "(installed: none)."
+        "(installed: monitoring"
     )
 
 
