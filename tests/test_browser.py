@@ -218,3 +218,41 @@ def test_sign_up_approval_sign_in_search_chart_and_sign_out(demo):
     # statuses on purpose; anything else in the console is a defect.
     expected = ("status of 403 (FORBIDDEN)", "status of 404 (NOT FOUND)")
     assert [p for p in problems if not p.endswith(expected)] == []
+
+
+@pytest.mark.browser
+def test_the_worklist_in_chromium(demo):
+    """Issue 4: a nurse opens the worklist of the sample hospital, replays it as of the
+    latest data, sorts it, and follows a patient to the chart's admissions and labs."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium_or_skip()
+    base = demo["base"]
+    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    hosts, problems = set(), []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            for width in (1280, 390):
+                page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+                page.on("request", lambda r: hosts.add(urlsplit(r.url).hostname))
+                page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+                sign_in(page, base, "nurse@caredeck.local", credentials["nurse@caredeck.local"])
+                page.click("nav >> text=Worklist")
+                expect(page.locator("h1")).to_contain_text("without a new lab test")
+                page.click("text=See the worklist as of the latest data")
+                rows = page.locator("tbody tr")
+                expect(rows.first).to_be_visible()
+                assert rows.count() >= 1
+                page.click("th >> text=Department")
+                expect(page.locator("th[aria-sort]")).to_contain_text("Department")
+                page.screenshot(path=str(ARTIFACTS / f"worklist-{width}.png"), full_page=True)
+                page.locator("tbody tr td a").first.click()
+                expect(page.locator("body")).to_contain_text("Admissions and labs")
+                expect(page.locator("[data-section-url*=monitoring]")).to_contain_text("Admissions")
+                page.screenshot(path=str(ARTIFACTS / f"chart-labs-{width}.png"), full_page=True)
+                page.context.close()
+        finally:
+            browser.close()
+    assert hosts == {"127.0.0.1"}
+    assert problems == []
