@@ -67,7 +67,10 @@ def connect(url: str) -> peewee.Database:
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10_000},
             check_same_thread=False,
         )
-    return db_url.connect(url, autoconnect=True)
+    # JIT compilation pays off for long analytical queries; for the short queries of a web
+    # request it costs more than the query (750 ms of an 830 ms worklist page, measured in
+    # bench/monitoring.py), so it is off for every connection.
+    return db_url.connect(url, autoconnect=True, options="-c jit=off")
 
 
 def init_app(app) -> None:

@@ -88,7 +88,7 @@ class Admission(SourceRow):
     case_number = peewee.CharField(max_length=64, unique=True)
     patient_id = peewee.CharField(max_length=64, index=True)
     admitted_at = UTCDateTimeField()
-    released_at = UTCDateTimeField(null=True)
+    released_at = UTCDateTimeField(null=True, index=True)  # finds the open admissions
     department = peewee.CharField(max_length=100, null=True, index=True)
     room = peewee.CharField(max_length=32, null=True)
 

@@ -17,7 +17,7 @@ import datetime
 from dataclasses import dataclass
 
 from core.db import database
-from plugins.monitoring.models import Admission
+from plugins.monitoring.models import Admission, LastTest
 
 # Each sort key, as the SQL ordering that puts its quantity in ascending order; descending
 # reverses every part. Fewer hours since the last test means a more recent test, and a
@@ -83,13 +83,28 @@ def _latest(as_of: str, what: str) -> str:
     return f"(SELECT e.{what} FROM ({orders} UNION ALL {results}) e ORDER BY e.at DESC LIMIT 1)"
 
 
+def _is_replay(as_of: datetime.datetime) -> bool:
+    """Whether some patient's stored latest activity lies after ``as_of`` (one index probe)."""
+    return LastTest.select().where(LastTest.last_test_at > as_of).exists()
+
+
 def _query(criteria: Criteria) -> tuple[str, list]:
     """The worklist as SQL: every matching row, unsorted and unpaged."""
     p = database.param
     as_of = _naive_utc(criteria.as_of)
     cutoff = as_of - datetime.timedelta(hours=criteria.hours)
-    # The stored latest activity is exact when it lies at or before as_of.
-    current = f"(c.lt_at IS NULL OR c.lt_at <= {p})"
+    params: list = [cutoff, as_of]
+    if criteria.department:
+        params.append(criteria.department)
+    if _is_replay(criteria.as_of):
+        # The stored latest activity is exact when it lies at or before as_of; otherwise
+        # the lab tables say what it was at as_of.
+        current = f"(c.lt_at IS NULL OR c.lt_at <= {p})"
+        last_at = f"CASE WHEN {current} THEN c.lt_at ELSE {_latest(p, 'at')} END"
+        last_name = f"CASE WHEN {current} THEN c.lt_name ELSE {_latest(p, 'name')} END"
+        params += [as_of] * 6
+    else:  # the present (or later): the stored latest activity is the answer for everyone
+        last_at, last_name = "c.lt_at", "c.lt_name"
     sql = f"""
         WITH c AS (
             SELECT a.patient_id, a.case_number, a.department, a.room, a.admitted_at,
@@ -102,20 +117,14 @@ def _query(criteria: Criteria) -> tuple[str, list]:
         ),
         w AS (
             SELECT c.patient_id, c.case_number, c.department, c.room, c.admitted_at,
-                   CASE WHEN {current} THEN c.lt_at
-                        ELSE {_latest(p, "at")} END AS last_at,
-                   CASE WHEN {current} THEN c.lt_name
-                        ELSE {_latest(p, "name")} END AS last_name_of_test,
+                   {last_at} AS last_at, {last_name} AS last_name_of_test,
                    pt.first_name, pt.last_name
             FROM c LEFT JOIN core_patients pt ON pt.mrn = c.patient_id
         )
         SELECT * FROM w
         WHERE (w.last_at IS NULL OR w.last_at <= {p})
     """
-    params: list = [cutoff, as_of]
-    if criteria.department:
-        params.append(criteria.department)
-    params += [as_of, as_of, as_of, as_of, as_of, as_of, cutoff]
+    params.append(cutoff)
     if criteria.q:
         pattern = "%" + _escape_like(criteria.q.strip().lower()) + "%"
         sql += (
@@ -198,8 +207,6 @@ def departments() -> list[str]:
 
 def latest_data_at() -> datetime.datetime | None:
     """The latest moment the ingested data speaks of (for replaying a stale data set)."""
-    from plugins.monitoring.models import LastTest
-
     times = [
         Admission.select(Admission.admitted_at).order_by(Admission.admitted_at.desc()).scalar(),
         LastTest.select(LastTest.last_test_at).order_by(LastTest.last_test_at.desc()).scalar(),
