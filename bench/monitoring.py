@@ -578,15 +578,10 @@ def _criteria(department: str | None):
 
 
 def worklist_sql(department: str | None, page_size: int) -> list[tuple[str, list]]:
-    """The two statements the API runs for a page: its count, then its rows."""
+    """The statements the API runs for a page: one, its rows with the total."""
     from plugins.monitoring import worklist
 
-    criteria = _criteria(department)
-    unsorted, params = worklist._query(criteria)  # the statement worklist.count() wraps
-    return [
-        (f"SELECT COUNT(*) FROM ({unsorted}) n", params),  # noqa: S608 (values are params)
-        worklist.page_sql(criteria, limit=page_size, offset=0),
-    ]
+    return [worklist.page_sql(_criteria(department), limit=page_size, offset=0)]
 
 
 def series(call) -> list[float]:
@@ -719,7 +714,7 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def worklist_patients(url: str, limit: int) -> list[str]:
     """The first ``limit`` patients of the worklist, in its order."""
-    sql, params = worklist_sql(None, limit)[1]
+    sql, params = worklist_sql(None, limit)[0]
     connection = psycopg2.connect(url)
     try:
         with connection.cursor() as cursor:
@@ -940,12 +935,8 @@ def main(argv: list[str] | None = None) -> int:
             entry["sql_ms_jit_off"] = percentiles(time_sql(url, statements[name], jit=False))
             figures["worklist"][name] = entry
             log(f"  HTTP {entry['http_ms']}  SQL {entry['sql_ms']}  rows {seen}")
-        page_sql, page_params = statements["first_page"][1]
-        count_sql, count_params = statements["first_page"][0]
-        plans = {
-            "page": explain(url, page_sql, page_params),
-            "count": explain(url, count_sql, count_params),
-        }
+        page_sql, page_params = statements["first_page"][0]
+        plans = {"page": explain(url, page_sql, page_params)}
         figures["explain_first_page"] = {name: plan_times(plan) for name, plan in plans.items()}
 
         log("Freshness: a 1,000-row lab_tests file into a folder under ingest --watch")

@@ -251,3 +251,14 @@ def test_admins_see_the_ledger_and_the_findings(app, client_for):
     assert page.status_code == 200 and "18861" in page.text
     assert client_for("nurse").get("/monitoring/data").status_code == 403
     assert client_for("nurse").get("/api/monitoring/findings").status_code == 403
+
+
+def test_the_total_is_right_on_every_page_and_past_the_last(ward, client_for):
+    nurse = client_for("nurse")
+    base = "/api/monitoring/worklist?as_of=2024-06-10T12:00:00%2B00:00&page_size=3"
+    second = nurse.get(base + "&page=2")
+    assert [len(second.json), '"total": 4' in second.headers["X-Pagination"]] == [1, True]
+    beyond = nurse.get(base + "&page=5")
+    assert beyond.json == [] and '"total": 4' in beyond.headers["X-Pagination"]
+    by_name = nurse.get(base.replace("page_size=3", "page_size=10") + "&sort=name")
+    assert [r["name"] for r in by_name.json] == sorted(r["name"] for r in by_name.json)

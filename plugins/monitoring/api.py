@@ -105,9 +105,10 @@ class Worklist(MethodView):
         its data is.
         """
         criteria = criteria_from(args)
-        pagination_parameters.item_count = worklist.count(criteria)
         page, size = pagination_parameters.page, pagination_parameters.page_size
-        rows = worklist.rows(criteria, limit=size, offset=(page - 1) * size)
+        rows, pagination_parameters.item_count = worklist.page(
+            criteria, limit=size, offset=(page - 1) * size
+        )
         ingested = data_last_ingested()
         headers = {
             "X-Worklist-As-Of": criteria.as_of.isoformat(),

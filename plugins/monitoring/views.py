@@ -70,8 +70,7 @@ def worklist_page():
     args, problems = _arguments()
     criteria = criteria_from(args)
     page = max(1, min(request.args.get("page", 1, type=int) or 1, 100_000))
-    total = worklist.count(criteria)
-    rows = worklist.rows(criteria, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    rows, total = worklist.page(criteria, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     latest = worklist.latest_data_at()
     live = "as_of" not in args
     stale = live and latest is not None and (utcnow() - latest).days > 7
