@@ -12,7 +12,12 @@ from core.auth import STAFF, allow
 from core.db import utcnow
 from core.exports import csv_lines
 from plugins.monitoring import worklist
-from plugins.monitoring.api import MonitoringWorklistQuerySchema, criteria_from, data_last_ingested
+from plugins.monitoring.api import (
+    MonitoringWorklistQuerySchema,
+    MonitoringWorklistRowSchema,
+    criteria_from,
+    data_last_ingested,
+)
 from plugins.monitoring.models import (
     Admission,
     Finding,
@@ -26,19 +31,7 @@ pages = Blueprint(
     "monitoring_pages", __name__, url_prefix="/monitoring", template_folder="templates"
 )
 PAGE_SIZE = 50
-CSV_COLUMNS = (
-    "mrn",
-    "name",
-    "admission_id",
-    "department",
-    "room",
-    "admitted_at",
-    "hours_admitted",
-    "last_test_at",
-    "last_test_name",
-    "hours_since_last_test",
-    "never_tested",
-)
+CSV_COLUMNS = tuple(MonitoringWorklistRowSchema().fields)  # the API's fields, in order
 COLUMNS = (  # (sort key, heading)
     ("mrn", "MRN"),
     ("name", "Name"),
