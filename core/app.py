@@ -75,10 +75,11 @@ def create_app(
     settings = read_settings(CORE_SETTINGS, config)
     requestlog.configure(settings["LOG_LEVEL"])
     if plugin_objects is not None:
-        manager = plugins.load(plugins.direct(plugin_objects), None)
+        candidates, enabled = plugins.direct(plugin_objects), None
     else:
-        manager = plugins.load(plugins.installed(), settings["PLUGINS"])
-    loaded = _describe(manager, plugin_objects)
+        candidates, enabled = plugins.installed(), settings["PLUGINS"]
+    manager = plugins.load(candidates, enabled)
+    loaded = _describe(manager, candidates)
 
     app = flask.Flask(
         "core",
@@ -128,18 +129,15 @@ def create_app(
     return app
 
 
-def _describe(manager, plugin_objects) -> dict[str, plugins.Plugin]:
-    versions = {c.name: c for c in plugins.installed()} if plugin_objects is None else {}
-    loaded = {}
-    for name, obj in manager.list_name_plugin():
-        candidate = versions.get(name)
-        loaded[name] = plugins.Plugin(
-            name,
-            obj,
-            version=candidate.version if candidate else getattr(obj, "__version__", ""),
-            distribution=candidate.distribution if candidate else "",
+def _describe(manager, candidates: list[plugins.Candidate]) -> dict[str, plugins.Plugin]:
+    """The registered plugins with the version and package their candidate named."""
+    found = {candidate.name: candidate for candidate in candidates}
+    return {
+        name: plugins.Plugin(
+            name, obj, version=found[name].version, distribution=found[name].distribution
         )
-    return loaded
+        for name, obj in manager.list_name_plugin()
+    }
 
 
 def _plugin_settings(name: str, declared: list[Setting], overrides, known) -> dict[str, Any]:
