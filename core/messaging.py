@@ -1,10 +1,10 @@
 """The one Kombu consumer loop that serves every plugin's queues, and the bus connection.
 
 Plugins contribute :class:`QueueConsumer` entries through the ``caredeck_consumers`` hook.
-The loop gives each handler an app context and a database connection, acknowledges a
-message only after the handler returned (so nothing is acknowledged before its commit),
-and never acknowledges what it could not process: a message that fails to decode, or whose
-handler raises :class:`Reject`, is dead-lettered with the reason in a header.
+The loop parses each message on its own, stores the parsed messages in batches (one
+database transaction per batch), and acknowledges a message only after its batch
+committed. It never acknowledges what it could not process: a message that fails to decode,
+or that the plugin rejects, is dead-lettered with the reason in a header.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +26,58 @@ from core.db import database
 log = logging.getLogger("caredeck.messaging")
 
 REASON_HEADER = "x-caredeck-reason"
-# How long to wait before redelivering a message whose handler hit a database outage.
+# How long to wait before redelivering messages whose batch hit a database outage.
 OUTAGE_BACKOFF_SECONDS = 2.0
+# How often the loop wakes while the queues are quiet, to store a partly filled batch.
+IDLE_WAKE_SECONDS = 0.05
 
 
 class Reject(Exception):
-    """Raised by a handler for a message that can never be processed (dead-letter it)."""
+    """Raised for a message that can never be processed (dead-letter it)."""
+
+
+def _identity(body: Any, message: kombu.Message) -> Any:
+    return body
 
 
 @dataclass(frozen=True)
 class QueueConsumer:
-    """A queue and the function that handles each of its messages.
+    """A queue, how to read one of its messages, and how to store a batch of them.
 
-    ``handle(body, message)`` receives the decoded body and the Kombu message; it must not
-    ack or reject (the loop does). Messages that cannot be processed go to
-    ``dead_letter_queue`` (declared by the loop, with its exchange, before consuming), with
-    the reason in the ``x-caredeck-reason`` header. Without one they are rejected, and the
-    broker drops them unless the queue's own ``x-dead-letter-exchange`` argument keeps them.
+    ``parse(body, message)`` turns one decoded body into the item to store (default: the body
+    itself); it runs without a database connection and raises :class:`Reject` for a message
+    that can never be processed. ``store(items)`` saves a list of parsed items; the loop runs
+    it inside one database transaction and acknowledges the batch's messages only after the
+    commit, so ``store`` must be idempotent (a message can be delivered again after a crash).
+    A batch is stored when it holds ``batch_size`` messages or has waited ``max_wait_seconds``.
+
+    Messages that cannot be processed go to ``dead_letter_queue`` (declared by the loop, with
+    its exchange, before consuming), with the reason in the ``x-caredeck-reason`` header.
+    Without one they are rejected, and the broker drops them unless the queue's own
+    ``x-dead-letter-exchange`` argument keeps them.
     """
 
     queue: kombu.Queue
-    handle: Callable[[Any, kombu.Message], None]
+    store: Callable[[list[Any]], None]
+    parse: Callable[[Any, kombu.Message], Any] = _identity
     dead_letter_queue: kombu.Queue | None = None
-    prefetch_count: int = 100
+    batch_size: int = 100
+    max_wait_seconds: float = 0.1
+    # Unacknowledged messages the broker may send ahead; by default two batches, so that
+    # the next batch arrives while this one commits.
+    prefetch_count: int | None = None
+
+    @property
+    def prefetch(self) -> int:
+        return self.prefetch_count or 2 * self.batch_size
 
 
-def connection(app) -> kombu.Connection:
-    """A (lazy) connection to the app's message bus."""
+def connection(app, *, confirm_publish: bool = False) -> kombu.Connection:
+    """A (lazy) connection to the app's message bus.
+
+    ``confirm_publish`` makes every publish on an AMQP connection wait for the broker's
+    confirmation (a refusal raises), so a publisher reports only what the broker has taken.
+    """
     url = app.config["AMQP_URL"]
     options: dict[str, Any] = {}
     if url.startswith("filesystem:"):
@@ -67,7 +92,76 @@ def connection(app) -> kombu.Connection:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
+    elif confirm_publish and url.startswith(("amqp:", "amqps:", "pyamqp:")):
+        options = {"confirm_publish": True}
     return kombu.Connection(url, transport_options=options, connect_timeout=5, heartbeat=30)
+
+
+# A lost connection while publishing is retried this many times, waiting 0.5 s, then 1.5 s,
+# 2.5 s ... (at most 5 s) between attempts: about half a minute in all.
+PUBLISH_RETRIES = 8
+
+
+def publish(
+    app,
+    messages: Iterable[tuple[str, Any]],
+    *,
+    exchange: kombu.Exchange,
+    declare: Sequence[kombu.Queue] = (),
+    max_retries: int = PUBLISH_RETRIES,
+) -> int:
+    """Publish ``(routing_key, body)`` pairs as persistent JSON messages, in order.
+
+    Returns how many were published. On RabbitMQ each publish waits for the broker's
+    confirmation, so the count is what the broker has taken. ``declare`` (queues with their
+    exchanges and bindings) is declared first, so nothing is dropped as unroutable before a
+    consumer has ever run. A lost connection is re-established with backoff and the message
+    published again; consumers must therefore tolerate a duplicate.
+    """
+    published = 0
+    with connection(app, confirm_publish=True) as conn:
+        # Bound to the connection, not a channel, so that the first connect is retried too.
+        producer = kombu.Producer(conn, serializer="json")
+
+        def retrying(error, interval):
+            log.warning("bus unavailable (%s); publishing again in %.1f s", error, interval)
+
+        send = conn.ensure(
+            producer,
+            producer.publish,
+            errback=retrying,
+            max_retries=max_retries,
+            interval_start=0.5,
+            interval_step=1.0,
+            interval_max=5.0,
+        )
+        for routing_key, body in messages:
+            send(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                delivery_mode=2,
+                declare=[exchange, *declare],
+            )
+            published += 1
+    return published
+
+
+@dataclass
+class _Batch:
+    """Parsed messages waiting to be stored: ``(message, item)`` pairs."""
+
+    entries: list[tuple[kombu.Message, Any]] = field(default_factory=list)
+    started: float = 0.0
+
+    def add(self, message: kombu.Message, item: Any) -> None:
+        if not self.entries:
+            self.started = time.monotonic()
+        self.entries.append((message, item))
+
+    def take(self) -> list[tuple[kombu.Message, Any]]:
+        entries, self.entries = self.entries, []
+        return entries
 
 
 class Consumer(ConsumerMixin):
@@ -77,6 +171,10 @@ class Consumer(ConsumerMixin):
         self.app = app
         self.connection = conn
         self.consumers = list(consumers)
+        self.batches = {id(entry): _Batch() for entry in self.consumers}
+
+    def run(self, **kwargs) -> None:
+        super().run(safety_interval=IDLE_WAKE_SECONDS, **kwargs)
 
     def get_consumers(self, Consumer, channel):  # noqa: N803 (ConsumerMixin's signature)
         for entry in self.consumers:
@@ -88,7 +186,7 @@ class Consumer(ConsumerMixin):
                 callbacks=[
                     lambda body, message, entry=entry: self.on_message(entry, body, message)
                 ],
-                prefetch_count=entry.prefetch_count,
+                prefetch_count=entry.prefetch,
                 accept=["json"],
                 # Kombu's default acknowledges (loses) a message it cannot decode.
                 on_decode_error=lambda message, error, entry=entry: self.dead_letter(
@@ -98,22 +196,71 @@ class Consumer(ConsumerMixin):
             for entry in self.consumers
         ]
 
+    def on_consume_ready(self, connection, channel, consumers, **kwargs) -> None:
+        # Messages of an earlier connection can no longer be acknowledged; the broker
+        # delivers them again.
+        for batch in self.batches.values():
+            batch.take()
+
+    def on_iteration(self) -> None:
+        self.flush()
+
+    def on_consume_end(self, connection, channel) -> None:
+        self.flush(force=True)  # stopping cleanly: store what was received, then ack it
+
     def on_message(self, entry: QueueConsumer, body: Any, message: kombu.Message) -> None:
         try:
-            with self.app.app_context(), database.connection_context():
-                entry.handle(body, message)
+            item = entry.parse(body, message)
         except Reject as reason:
             self.dead_letter(entry, message, str(reason))
-        except (peewee.OperationalError, peewee.InterfaceError) as error:
-            # The database is unreachable: the message is fine, so keep it and retry.
-            log.error("database unavailable, requeueing message: %s", error)
-            time.sleep(OUTAGE_BACKOFF_SECONDS)
-            message.requeue()
+            return
         except Exception as error:
-            log.exception("handler for queue %s failed", entry.queue.name)
-            self.dead_letter(entry, message, f"handler error: {type(error).__name__}: {error}")
+            log.exception("parsing a message from queue %s failed", entry.queue.name)
+            self.dead_letter(entry, message, f"parse error: {type(error).__name__}: {error}")
+            return
+        batch = self.batches[id(entry)]
+        batch.add(message, item)
+        if len(batch.entries) >= entry.batch_size:
+            self.store(entry, batch.take())
+
+    def flush(self, force: bool = False) -> None:
+        """Store every batch that is due (every non-empty one with ``force``)."""
+        now = time.monotonic()
+        for entry in self.consumers:
+            batch = self.batches[id(entry)]
+            if batch.entries and (force or now - batch.started >= entry.max_wait_seconds):
+                self.store(entry, batch.take())
+
+    def store(self, entry: QueueConsumer, entries: Sequence[tuple[kombu.Message, Any]]) -> None:
+        """Store a batch in one transaction, then acknowledge it.
+
+        A batch that fails for a reason other than the database is stored again one message
+        at a time, so that only the message at fault is dead-lettered.
+        """
+        try:
+            with self.app.app_context(), database.connection_context():
+                with database.atomic():
+                    entry.store([item for _, item in entries])
+        except (peewee.OperationalError, peewee.InterfaceError) as error:
+            # The database is unreachable: the messages are fine, so keep them and retry.
+            log.error("database unavailable, requeueing %d message(s): %s", len(entries), error)
+            time.sleep(OUTAGE_BACKOFF_SECONDS)
+            for message, _ in entries:
+                message.requeue()
+        except Exception as error:
+            if len(entries) > 1:
+                for one in entries:
+                    self.store(entry, [one])
+                return
+            reason = f"handler error: {type(error).__name__}: {error}"
+            if not isinstance(error, Reject):
+                log.exception("storing a message from queue %s failed", entry.queue.name)
+            else:
+                reason = str(error)
+            self.dead_letter(entry, entries[0][0], reason)
         else:
-            message.ack()
+            for message, _ in entries:
+                message.ack()
 
     def dead_letter(self, entry: QueueConsumer, message: kombu.Message, reason: str) -> None:
         """Move ``message`` to its queue's dead-letter exchange with ``reason`` in a header."""

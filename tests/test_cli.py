@@ -101,8 +101,9 @@ def test_a_plugin_that_is_not_installed_is_one_line(run):
     assert result.exit_code == 2
     assert result.output.strip().startswith(
         "Error: CAREDECK_PLUGINS names plugin 'radiology', which is not installed "
-        "(installed: monitoring"
+        "(installed: "
     )
+    assert "monitoring" in result.output
 
 
 def test_a_separate_worker_needs_a_real_broker(run):
@@ -112,6 +113,6 @@ def test_a_separate_worker_needs_a_real_broker(run):
 
 
 def test_consume_needs_a_plugin_with_queues(run):
-    result = run("consume")
+    result = run("consume", env={"CAREDECK_PLUGINS": "monitoring"})
     assert result.exit_code == 2
     assert "No enabled plugin consumes a queue" in result.output

@@ -14,12 +14,16 @@ from core.testing import service_url
 handled = []
 
 
-def handle(body, message):
+def parse(body, message):
     if body.get("poison"):
         raise Reject(f"event {body['id']} has no patient")
-    if body.get("crash"):
+    return body
+
+
+def store(bodies):
+    if any(body.get("crash") for body in bodies):
         raise KeyError("surprise")
-    handled.append((body["id"], User.select().count()))  # runs with a DB connection
+    handled.extend((body["id"], User.select().count()) for body in bodies)  # a DB connection
 
 
 def topology(suffix: str = ""):
@@ -36,7 +40,7 @@ def plugin(queue):
 
 def consumer_for(queue):
     dead_queue = topology(queue.name.removeprefix("labs.results"))[2]
-    return QueueConsumer(queue, handle, dead_letter_queue=dead_queue)
+    return QueueConsumer(queue, store, parse=parse, dead_letter_queue=dead_queue)
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +82,7 @@ def drain(app, conn, queue, seconds=10):
             try:
                 connection.drain_events(timeout=0.5)
             except TimeoutError:
+                consumer.flush(force=True)
                 if waiting(conn, queue) == 0:
                     return
     raise AssertionError(f"{queue.name} was not drained within {seconds} s")

@@ -1,0 +1,1 @@
+"""Medications: administration events over the message bus, and medication periods."""
