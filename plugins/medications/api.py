@@ -138,12 +138,16 @@ class MedicationEvents(MethodView):
             abort(400, message="The body must be JSON: an event object or a list of them.")
         items = body if isinstance(body, list) else [body]
         if not items:
-            abort(422, message="The list holds no events.", errors={"json": ["No events."]})
+            abort(422, errors={"json": ["The list holds no events."]})
         if len(items) > MAX_EVENTS_PER_REQUEST:
             abort(
                 422,
-                message=f"At most {MAX_EVENTS_PER_REQUEST} events per request; "
-                "use `caredeck publish` for larger loads.",
+                errors={
+                    "json": [
+                        f"At most {MAX_EVENTS_PER_REQUEST} events per request; use "
+                        "`caredeck publish` for larger loads."
+                    ]
+                },
             )
         events, errors = [], {}
         for index, item in enumerate(items):
@@ -151,14 +155,8 @@ class MedicationEvents(MethodView):
                 events.append(parse(item))
             except InvalidEvent as error:
                 errors[index] = error.errors
-        if errors:
-            described = errors if isinstance(body, list) else errors[0]
-            count = f"{len(errors)} of {len(items)} events are" if len(items) > 1 else "It is"
-            abort(
-                422,
-                message=f"{count} invalid; nothing was published.",
-                errors={"json": described},
-            )
+        if errors:  # the core's 422 message names each one: "1.event_time: ..."
+            abort(422, errors={"json": errors if isinstance(body, list) else errors[0]})
         try:
             accepted = bus.publish(events, max_retries=REQUEST_PUBLISH_RETRIES)
         except (OSError, kombu.exceptions.KombuError) as error:
