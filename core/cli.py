@@ -315,3 +315,6 @@ def consume():
     names = ", ".join(entry.queue.name for entry in state.consumers)
     click.echo(f"Consuming {names} from {redact(current_app.config['AMQP_URL'])}")
     consumer.run()
+    click.echo(
+        f"Stopped: stored {consumer.stored} message(s), dead-lettered {consumer.dead_lettered}."
+    )

@@ -27,8 +27,8 @@ blp = Blueprint(
 
 # A request holds at most this many events; larger loads go through `caredeck publish`.
 MAX_EVENTS_PER_REQUEST = 10_000
-# Retries of a lost bus connection within one request (about 4.5 s), before a 503.
-REQUEST_PUBLISH_RETRIES = 3
+# Retries of a lost bus connection within one request (about 5 s in all), before a 503.
+REQUEST_PUBLISH_RETRIES = 1
 
 
 class MedicationsAcceptedSchema(ma.Schema):
