@@ -155,7 +155,7 @@ def publish(
     *,
     exchange: kombu.Exchange,
     declare: Sequence[kombu.Queue] = (),
-    max_retries: int = PUBLISH_RETRIES,
+    max_retries: int | None = None,
 ) -> int:
     """Publish ``(routing_key, body)`` pairs as persistent JSON messages, in order.
 
@@ -166,6 +166,8 @@ def publish(
     with backoff and the unconfirmed window published again, so consumers must tolerate a
     duplicate.
     """
+    if max_retries is None:
+        max_retries = PUBLISH_RETRIES
     confirmed = 0
     messages = iter(messages)
     with connection(app) as conn:

@@ -6,6 +6,7 @@ import uuid
 import pytest
 from helpers import consume_everything
 
+from core.auth.models import ApiToken, User
 from core.db import database
 from core.patients.models import Patient
 from plugins.medications import plugin as medications
@@ -257,3 +258,16 @@ def test_the_demo_loads_the_sample_events(app):
         medications.caredeck_demo()
         medications.caredeck_demo()  # loading twice changes nothing
         assert MedicationEvent.select().count() == 11
+
+
+def test_an_unreachable_bus_is_a_503_and_nothing_is_claimed(make_app, client_for, monkeypatch):
+    app = make_app(AMQP_URL="amqp://guest:guest@127.0.0.1:9//")
+    monkeypatch.setattr("plugins.medications.api.REQUEST_PUBLISH_RETRIES", 0)
+    client = app.test_client()
+    with app.app_context(), database.connection_context():
+        token, _ = ApiToken.issue(User.get(User.email == "doctor@example.org"))
+    response = client.post(
+        "/api/medication-events", json=event(), headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 503
+    assert "message bus is unavailable" in response.json["message"]

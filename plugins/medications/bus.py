@@ -50,9 +50,7 @@ def topology(app) -> Topology:
     return Topology(exchange, queue, dead_letter_queue)
 
 
-def publish(
-    events: Iterable[Event], *, app=None, max_retries: int = messaging.PUBLISH_RETRIES
-) -> int:
+def publish(events: Iterable[Event], *, app=None, max_retries: int | None = None) -> int:
     """Publish valid events (as they were received); the count the broker confirmed."""
     app = app or current_app._get_current_object()
     bus = topology(app)
