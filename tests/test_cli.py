@@ -100,8 +100,7 @@ def test_a_plugin_that_is_not_installed_is_one_line(run):
     result = run("plugins", env={"CAREDECK_PLUGINS": "radiology"})
     assert result.exit_code == 2
     assert result.output.strip().startswith(
-        "Error: CAREDECK_PLUGINS names plugin 'radiology', which is not installed "
-        "(installed: "
+        "Error: CAREDECK_PLUGINS names plugin 'radiology', which is not installed (installed: "
     )
     assert "monitoring" in result.output
 
