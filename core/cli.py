@@ -19,6 +19,7 @@ from core.auth import passwords
 from core.auth.access import ROLES
 from core.auth.models import User
 from core.config import ConfigError, redact
+from core.heartbeat import Heartbeat
 from core.patients.demo import load_demo_patients
 from core.patients.models import Patient
 
@@ -301,14 +302,23 @@ def worker(threads: int, queues: tuple[str, ...]):
 
 
 @cli.command("consume")
+@click.option(
+    "--heartbeat-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Touched every few seconds while connected and consuming, removed otherwise: "
+    "probe it with `python -m core.heartbeat FILE MAX_AGE`.",
+)
 @with_appcontext
-def consume():
+def consume(heartbeat_file):
     """Run the message consumer for every enabled plugin's queues until stopped."""
     state = _state()
     if not state.consumers:
         raise click.UsageError("No enabled plugin consumes a queue; nothing to run.")
     consumer = messaging.Consumer(
-        current_app._get_current_object(), messaging.connection(current_app), state.consumers
+        current_app._get_current_object(),
+        messaging.connection(current_app),
+        state.consumers,
+        heartbeat=Heartbeat(heartbeat_file),
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: setattr(consumer, "should_stop", True))

@@ -24,6 +24,7 @@ import peewee
 from kombu.mixins import ConsumerMixin
 
 from core.db import database
+from core.heartbeat import Heartbeat
 
 log = logging.getLogger("caredeck.messaging")
 
@@ -214,8 +215,15 @@ class _Batch:
 class Consumer(ConsumerMixin):
     """Consumes every registered queue on one connection."""
 
-    def __init__(self, app, conn: kombu.Connection, consumers: Iterable[QueueConsumer]) -> None:
+    def __init__(
+        self,
+        app,
+        conn: kombu.Connection,
+        consumers: Iterable[QueueConsumer],
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
         self.app = app
+        self.heartbeat = heartbeat or Heartbeat(None)
         self.connection = conn
         self.consumers = list(consumers)
         self.batches = {id(entry): _Batch() for entry in self.consumers}
@@ -251,12 +259,19 @@ class Consumer(ConsumerMixin):
         # delivers them again.
         for batch in self.batches.values():
             batch.take()
+        self.heartbeat.beat(force=True)
+
+    def on_connection_error(self, exc, interval) -> None:
+        self.heartbeat.stop()  # not ready while disconnected
+        super().on_connection_error(exc, interval)
 
     def on_iteration(self) -> None:
         self.flush()
+        self.heartbeat.beat()
 
     def on_consume_end(self, connection, channel) -> None:
         self.flush(force=True)  # stopping cleanly: store what was received, then ack it
+        self.heartbeat.stop()
 
     def on_message(self, entry: QueueConsumer, body: Any, message: kombu.Message) -> None:
         try:

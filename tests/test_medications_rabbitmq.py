@@ -108,18 +108,24 @@ def wait_for(condition, seconds, what):
 class ConsumerProcess:
     """``caredeck consume`` in a process of its own, configured from the environment."""
 
-    def __init__(self, settings, log_path):
+    def __init__(self, settings, log_path, heartbeat):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDECK_")}
         env.update({f"CAREDECK_{name}": str(value) for name, value in settings.items()})
         env["CAREDECK_PLUGINS"] = "medications"
         self.log_path = log_path
+        self.heartbeat = heartbeat
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop/kill)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core", "consume"],
+            [sys.executable, "-m", "core", "consume", "--heartbeat-file", str(heartbeat)],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+
+    def probe(self, max_age=30):
+        """The container probe: exit status of ``python -m core.heartbeat FILE MAX_AGE``."""
+        command = [sys.executable, "-m", "core.heartbeat", str(self.heartbeat), str(max_age)]
+        return subprocess.run(command, capture_output=True).returncode
 
     def output(self):
         return self.log_path.read_text()
@@ -144,7 +150,10 @@ def consumers(settings, tmp_path):
     started = []
 
     def start():
-        started.append(ConsumerProcess(settings, tmp_path / f"consumer-{len(started)}.log"))
+        name = f"consumer-{len(started)}"
+        started.append(
+            ConsumerProcess(settings, tmp_path / f"{name}.log", tmp_path / f"{name}.alive")
+        )
         return started[-1]
 
     yield start
@@ -249,12 +258,14 @@ def test_a_consumer_killed_mid_batch_loses_nothing_and_duplicates_nothing(app, c
 def test_two_consumers_share_one_queue(app, consumers):
     pair = [consumers(), consumers()]
     wait_for(lambda: waiting(app)[1] == 2, 60, "two consumers on the queue")
+    wait_for(lambda: [c.probe() for c in pair] == [0, 0], 10, "both heartbeats")
     total = 20_000
     with app.app_context():
         assert bus.publish(events(total)) == total
     wait_for(lambda: stored_count() >= total, 120, f"all {total} events stored")
     wait_for(lambda: waiting(app)[0] == 0, 30, "the queue emptying")
     assert [consumer.stop() for consumer in pair] == [0, 0]  # SIGTERM stops them cleanly
+    assert [consumer.probe() for consumer in pair] == [1, 1]  # stopped: no heartbeat
     shares = [
         int(consumer.output().split("Stopped: stored ")[1].split(" ")[0]) for consumer in pair
     ]
