@@ -256,3 +256,37 @@ def test_the_worklist_in_chromium(demo):
             browser.close()
     assert hosts == {"127.0.0.1"}
     assert problems == []
+
+
+def test_the_medication_timeline_in_chromium(demo):
+    """Issue 5: a doctor opens a sample patient's chart and reads the medication timeline."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium_or_skip()
+    base = demo["base"]
+    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    hosts, problems = set(), []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            for width in (1280, 390):
+                page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+                page.on("request", lambda r: hosts.add(urlsplit(r.url).hostname))
+                page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+                sign_in(page, base, "doctor@caredeck.local", credentials["doctor@caredeck.local"])
+                page.goto(f"{base}/patients/7792223")
+                section = page.locator("[data-section-url*=medications]")
+                expect(section.locator(".timeline-row")).to_have_count(2)  # Ceftriaxone, Heparin
+                expect(section.locator("rect.bar")).to_have_count(2)
+                expect(section).to_contain_text("2024-11-22 09:30")  # the stop that came first
+                page.goto(f"{base}/patients/2506625")
+                expect(section.locator("rect.bar.open")).to_have_count(1)  # Morphine, still given
+                expect(section).to_contain_text("still given")
+                page.screenshot(
+                    path=str(ARTIFACTS / f"chart-medications-{width}.png"), full_page=True
+                )
+                page.context.close()
+        finally:
+            browser.close()
+    assert hosts == {"127.0.0.1"}
+    assert problems == []

@@ -4,6 +4,7 @@ import time
 import uuid
 
 import kombu
+import peewee
 import pytest
 from helpers import make_plugin
 
@@ -167,3 +168,29 @@ def test_dead_lettering_against_a_real_rabbitmq(make_app):
                 q.bind(channel).delete()
             for e in (exchange, dead_queue.exchange):
                 e.bind(channel).delete()
+
+
+def test_a_database_outage_requeues_the_batch_instead_of_losing_it(make_app, monkeypatch):
+    monkeypatch.setattr("core.messaging.OUTAGE_BACKOFF_SECONDS", 0)
+    outages = [peewee.OperationalError("server closed the connection unexpectedly")]
+
+    def store_after_the_outage(bodies):
+        if outages:
+            raise outages.pop()
+        store(bodies)
+
+    exchange, queue, dead_queue = topology(f".{uuid.uuid4().hex[:8]}")
+    entry = QueueConsumer(queue, store_after_the_outage, parse=parse, dead_letter_queue=dead_queue)
+    app = make_app(plugins={"labs": make_plugin("labs", caredeck_consumers=lambda: [entry])})
+    with connection(app) as conn:
+        publish(conn, exchange, [queue], {"id": 1}, {"id": 2})
+        consumer = Consumer(app, conn, [entry])
+        deadline = time.monotonic() + 10
+        with consumer.Consumer() as (bus, _, _):
+            while sorted(handled) != [(1, 0), (2, 0)] and time.monotonic() < deadline:
+                try:
+                    bus.drain_events(timeout=0.2)
+                except TimeoutError:
+                    consumer.flush(force=True)
+    assert sorted(handled) == [(1, 0), (2, 0)]  # delivered again after the outage, once each
+    assert outages == [] and consumer.stored == 2 and consumer.dead_lettered == 0
