@@ -3,8 +3,7 @@
 #   web (default)  gunicorn --config /etc/caredeck/gunicorn.conf.py wsgi:app
 #   migrations     caredeck db upgrade
 #   worker         caredeck worker
-#   consumer       caredeck consume
-#   scheduler      caredeck scheduler
+#   consumer       caredeck consume --heartbeat-file /tmp/caredeck-consume.alive
 #   publisher      caredeck publish FILE
 #
 # No setting and no secret is baked in: every CAREDECK_* variable comes from the
@@ -51,7 +50,8 @@ WORKDIR /var/lib/caredeck
 USER 10001:10001
 EXPOSE 8000
 # Liveness of the web role, without curl: the image's own Python asks /healthz. Other
-# roles serve no HTTP; docker-compose.yml disables this check for them.
+# roles serve no HTTP; docker-compose.yml replaces this check for the consumer (its
+# heartbeat file) and disables it for the rest.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 CMD ["gunicorn", "--config", "/etc/caredeck/gunicorn.conf.py", "wsgi:app"]
