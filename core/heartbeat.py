@@ -2,9 +2,11 @@
 
 The process touches the file while it works; a probe asks how old it is::
 
-    python -m core.heartbeat /tmp/caredeck-consume.alive 60   # exit 0 if touched < 60 s ago
+    python -m core.heartbeat /tmp/caredeck-consume.alive 30   # readiness: touched < 30 s ago
+    python -m core.heartbeat --missing-ok FILE 300            # liveness: not stuck
 
-The file is removed while the process is not connected, so a readiness probe fails then.
+The file is removed while the process is not connected, so a readiness probe fails then;
+a liveness probe passes (``--missing-ok``): restarting does not bring a broker back.
 """
 
 from __future__ import annotations
@@ -44,11 +46,15 @@ def age(path: Path) -> float | None:
 
 
 def main(argv: list[str]) -> int:
+    missing_ok = "--missing-ok" in argv
+    argv = [arg for arg in argv if arg != "--missing-ok"]
     if len(argv) != 2:
-        print("usage: python -m core.heartbeat FILE MAX_AGE_SECONDS", file=sys.stderr)
+        print("usage: python -m core.heartbeat [--missing-ok] FILE MAX_AGE", file=sys.stderr)
         return 2
     seconds = age(Path(argv[0]))
     if seconds is None:
+        if missing_ok:
+            return 0
         print(f"{argv[0]}: no heartbeat (not started, or not connected)", file=sys.stderr)
         return 1
     if seconds > float(argv[1]):

@@ -10,6 +10,7 @@ def test_the_probe_answers_from_the_files_age(tmp_path, capsys):
     path = tmp_path / "alive"
     assert main([str(path), "30"]) == 1
     assert "no heartbeat" in capsys.readouterr().err
+    assert main(["--missing-ok", str(path), "300"]) == 0  # disconnected is not stuck
     beat = Heartbeat(path)
     beat.beat()
     assert main([str(path), "30"]) == 0
@@ -17,6 +18,7 @@ def test_the_probe_answers_from_the_files_age(tmp_path, capsys):
     os.utime(path, (old, old))
     assert main([str(path), "30"]) == 1
     assert "last beat 120 s ago" in capsys.readouterr().err
+    assert main(["--missing-ok", str(path), "60"]) == 1  # there, and stale: stuck
     beat.beat()  # within BEAT_EVERY_SECONDS of the last: not written again
     assert main([str(path), "30"]) == 1
     beat.beat(force=True)
