@@ -15,7 +15,7 @@ Apps use embedded backends (SQLite, Kombu ``memory://``, Dramatiq ``StubBroker``
 temporary folder. Database tests run on SQLite and, when ``CAREDECK_TEST_DATABASE_URL`` is
 set, again on PostgreSQL. SQLite is a temporary file rather than ``:memory:`` because each
 connection to ``:memory:`` is a different, empty database, and the core opens a connection
-per request, per job and per message.
+per request, per job and per message (PostgreSQL's come from a pool, closed after each test).
 """
 
 from __future__ import annotations
@@ -48,12 +48,15 @@ def service_url(service: str) -> str:
 
 def reset_postgresql(url: str) -> None:
     """Drop everything in the test database's public schema."""
-    from core.db import connect
+    from core.db import close_pool, connect
 
     database = connect(url)
-    with database.connection_context():
-        database.execute_sql("DROP SCHEMA IF EXISTS public CASCADE")
-        database.execute_sql("CREATE SCHEMA public")
+    try:
+        with database.connection_context():
+            database.execute_sql("DROP SCHEMA IF EXISTS public CASCADE")
+            database.execute_sql("CREATE SCHEMA public")
+    finally:
+        close_pool(database)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -110,8 +113,8 @@ def make_app(caredeck_config, caredeck_plugins) -> Callable[..., Any]:
     yield build
     for app in built:
         app.extensions["caredeck"].jobs.stop()
-    if not db.database.is_closed():
-        db.database.close()
+    if db.database.obj is not None:
+        db.close_pool(db.database.obj)  # no connection outlives its test
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import zoneinfo
 import peewee
 import pytest
 from hello_plugin import plugin as hello
+from playhouse.pool import PooledDatabase
 
 from core import db
 from core.db import database
@@ -85,7 +86,83 @@ def test_a_naive_time_is_refused(app):
             Moment.create(at=datetime.datetime(2026, 1, 1))
 
 
-def test_each_request_gets_a_connection_and_closes_it(app, client):
+def test_each_request_gets_a_connection_and_closes_it(app, users, client_for):
     assert database.is_closed()
+    assert client_for("nurse").get("/api/patients").status_code == 200  # queries
+    assert database.is_closed()
+
+
+def test_a_request_that_does_not_query_takes_no_connection(app, client, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("connected")
+
+    monkeypatch.setattr(database.obj, "connect", refuse)
+    assert client.get("/healthz").status_code == 200
     assert client.get("/api/openapi.json").status_code == 200
+
+
+def _request_backend(app) -> int:
+    """The PostgreSQL server process that served one request (the request ends on return)."""
+    with app.test_request_context("/healthz"):
+        app.preprocess_request()
+        (pid,) = database.execute_sql("SELECT pg_backend_pid()").fetchone()
+        return pid
+
+
+def _terminate(url: str, pid: int) -> None:
+    other = db.connect(url)
+    try:
+        with other.connection_context():
+            other.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        db.close_pool(other)
+
+
+def test_postgresql_connections_are_pooled_and_bounded(caredeck_database_url):
+    if caredeck_database_url.startswith("sqlite"):
+        assert not isinstance(db.connect(caredeck_database_url), PooledDatabase)
+        return
+    pooled = db.connect(caredeck_database_url)
+    assert isinstance(pooled, PooledDatabase)
+    assert pooled._max_connections == db.POOL_DEFAULTS["max_connections"]
+    assert pooled._stale_timeout == db.POOL_DEFAULTS["stale_timeout"]
+    assert pooled.connect_params["options"] == "-c jit=off"
+    given = db.connect(caredeck_database_url + "?max_connections=3&stale_timeout=60")
+    assert (given._max_connections, given._stale_timeout) == (3, 60)
+
+
+def test_requests_give_their_connection_back_to_the_pool(app, caredeck_database_url):
+    if caredeck_database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no pool: a request opens the file")
+    first = _request_backend(app)
+    assert database.is_closed()  # given back when the request ended
+    assert _request_backend(app) == first  # and taken again by the next one
+    with database.connection_context():  # jobs and consumers take one the same way
+        assert database.connection().get_backend_pid() == first
     assert database.is_closed()
+
+
+def test_a_connection_the_server_closed_is_replaced(app, caredeck_database_url):
+    if caredeck_database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no pool")
+    first = _request_backend(app)
+    _terminate(caredeck_database_url, first)
+    assert _request_backend(app) != first
+    assert app.test_client().get("/readyz").json["backends"]["database"] == "ok"
+
+
+def test_readyz_reports_a_database_that_went_away(app, caredeck_database_url):
+    if caredeck_database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no server to lose")
+    pooled = database.obj
+    _terminate(caredeck_database_url, _request_backend(app))  # the pool holds a dead one
+    port = pooled.connect_params["port"]
+    pooled.connect_params["port"] = 9  # and nothing listens where a new one would go
+    try:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == 503
+        assert response.json["backends"]["database"].startswith("error: OperationalError")
+        assert app.test_client().get("/healthz").status_code == 200  # alive all the same
+    finally:
+        pooled.connect_params["port"] = port
+    assert app.test_client().get("/readyz").status_code == 200
