@@ -134,6 +134,20 @@ def test_never_tested_first_then_the_longest_untested(ward):
     )
 
 
+@pytest.mark.parametrize("sort", sorted(worklist.SORTS))
+def test_pages_are_slices_of_the_whole_list_in_every_order(ward, sort):
+    with database.connection_context():
+        for descending in (False, True):
+            criteria = worklist.Criteria(as_of=AS_OF, sort=sort, descending=descending)
+            whole = [r.admission_id for r in worklist.rows(criteria)]
+            pages = [
+                r.admission_id
+                for offset in range(0, len(whole), 3)
+                for r in worklist.rows(criteria, limit=3, offset=offset)
+            ]
+            assert pages == whole and len(whole) == 4
+
+
 def test_a_result_counts_as_a_new_test(ward):
     assert "P-RESULT" not in listed(worklist.Criteria(as_of=AS_OF))
     assert "P-RESULT" in listed(worklist.Criteria(as_of=AS_OF, hours=4))

@@ -168,18 +168,19 @@ def page_sql(criteria: Criteria, *, limit: int | None = None, offset: int = 0) -
     and its parameters (the benchmark times it bare)."""
     sql, params = _query(criteria)
     order = _order_by(criteria)
-    page = (
-        f"SELECT w.*, COUNT(*) OVER () AS total, ROW_NUMBER() OVER (ORDER BY {order}) AS position "
-        f"FROM ({sql}) w ORDER BY position"
-    )
+    # The total is a window over every row, the page a top-N sort by the same ORDER BY. (A
+    # ROW_NUMBER() window to carry the order out of the subquery sorted every row in full and
+    # cost a third of the first page's time: 61 ms instead of 44, p50 on the benchmark's data.)
+    page = f"SELECT w.*, COUNT(*) OVER () AS total FROM ({sql}) w ORDER BY {order}"
     if limit is not None:
         page += f" LIMIT {int(limit)} OFFSET {int(offset)}"
     if _needs_names(criteria):
         return page, params
-    # Names only for the rows of the page: a join over 10 rows instead of all of them.
+    # Names only for the rows of the page: a join over 10 rows instead of all of them. The
+    # join does not keep the subquery's order, so the page is sorted again (its rows only).
     return (
-        f"SELECT page.*, pt.first_name, pt.last_name FROM ({page}) page "
-        f"LEFT JOIN core_patients pt ON pt.mrn = page.patient_id ORDER BY page.position",
+        f"SELECT w.*, pt.first_name, pt.last_name FROM ({page}) w "
+        f"LEFT JOIN core_patients pt ON pt.mrn = w.patient_id ORDER BY {order}",
         params,
     )
 
