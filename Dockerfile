@@ -4,7 +4,8 @@
 #   migrations     caredeck db upgrade
 #   worker         caredeck worker
 #   consumer       caredeck consume --heartbeat-file /tmp/caredeck-consume.alive
-#   publisher      caredeck publish FILE
+#   publisher      the web command with CAREDECK_PLUGINS=medications (HTTP: POST
+#                  /api/medication-events), or `caredeck publish FILE|-` (one-shot)
 #
 # No setting and no secret is baked in: every CAREDECK_* variable comes from the
 # environment at run time (docker-compose.yml, deploy/k8s/).
@@ -49,9 +50,9 @@ WORKDIR /var/lib/caredeck
 # Numeric, so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 8000
-# Liveness of the web role, without curl: the image's own Python asks /healthz. Other
-# roles serve no HTTP; docker-compose.yml replaces this check for the consumer (its
-# heartbeat file) and disables it for the rest.
+# Liveness of the roles that run gunicorn (web, and the publisher's HTTP face), without
+# curl: the image's own Python asks /healthz. Other roles serve no HTTP; docker-compose.yml
+# replaces this check for the consumer (its heartbeat file) and disables it for the rest.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 CMD ["gunicorn", "--config", "/etc/caredeck/gunicorn.conf.py", "wsgi:app"]

@@ -1,4 +1,5 @@
-"""Gunicorn settings for Caredeck's web role (the image's default command).
+"""Gunicorn settings for Caredeck's web role (the image's default command) and for the
+publisher's HTTP face (the same command with CAREDECK_PLUGINS=medications).
 
 Tune with environment variables: WEB_CONCURRENCY (worker processes, default 2) and
 GUNICORN_THREADS (threads per process, default 4). The port is fixed at 8000: the image's

@@ -47,7 +47,13 @@ GUNICORN_CONFIG_IN_IMAGE = "/etc/caredeck/gunicorn.conf.py"
 SITE_PACKAGES_IN_IMAGE = "/opt/venv/lib/python3.11/site-packages/"
 # The long-running roles: a Compose service and a Kubernetes Deployment each. The
 # scheduler joins them with the reporting plugin (issue 7), which brings its command.
-ROLES = ("web", "worker", "consumer")
+ROLES = ("web", "worker", "consumer", "publisher")
+# The roles that serve HTTP: gunicorn, probed at /healthz and /readyz, behind a Service.
+HTTP_ROLES = ("web", "publisher")
+# The publisher's HTTP face: the web app with only the plugin whose endpoint it serves.
+PUBLISHER_PLUGINS = "medications"
+PUBLISHER_ENDPOINT = "/api/medication-events"
+PUBLISHER_COMPOSE_PORT = "127.0.0.1:8001:8000"
 HEARTBEAT_OPTION = "--heartbeat-file"
 
 SECRET_SETTINGS = {setting.env_name for setting in CORE_SETTINGS if setting.secret}
@@ -166,6 +172,12 @@ def pod_spec(obj: dict) -> dict | None:
     if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     return None
+
+
+def pod_labels(obj: dict) -> dict:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    return obj["spec"]["template"]["metadata"]["labels"]
 
 
 def containers(obj: dict) -> list[dict]:
@@ -420,9 +432,10 @@ def test_files_a_role_reads_from_the_package_are_shipped(compose, overlay):
 
 def test_compose_runs_every_role_after_the_migrations(compose):
     services = app_services(compose)
-    assert {"migrate", *ROLES, "publisher"} <= set(services)
+    assert {"migrate", *ROLES, "publish-sample"} <= set(services)
     assert services["migrate"]["command"] == ["caredeck", "db", "upgrade"]
-    for name in ("migrate", "publisher"):
+    assert services["publish-sample"]["command"][:2] == ["caredeck", "publish"]
+    for name in ("migrate", "publish-sample"):
         assert services[name]["restart"] == "no", name
     for name in ROLES:
         assert services[name]["restart"] == "unless-stopped", name
@@ -604,12 +617,15 @@ def test_dockerfile_builds_in_stages_and_checks_health_without_curl():
         assert not re.search(r"\b(curl|wget)\b", arguments), f"{name} {arguments}"
 
 
-def test_compose_checks_web_health_at_healthz_and_no_other_role_over_http(compose):
+def test_compose_checks_http_roles_at_healthz_and_no_other_role_over_http(compose):
     services = app_services(compose)
-    check = services["web"]["healthcheck"]["test"]
-    assert check[:3] == ["CMD", "python", "-c"] and "/healthz" in check[3]
+    port = gunicorn_settings()["bind"].rsplit(":", 1)[1]
+    for name in HTTP_ROLES:
+        check = services[name]["healthcheck"]["test"]
+        assert check[:3] == ["CMD", "python", "-c"], name
+        assert f"http://127.0.0.1:{port}/healthz" in check[3], name
     for name, service in services.items():
-        if name not in {"web", "consumer"}:
+        if name not in {*HTTP_ROLES, "consumer"}:
             assert service["healthcheck"] == {"disable": True}, name
 
 
@@ -632,10 +648,10 @@ def _probe_passes(command: list[str], file: str, beat_age: float | None, tmp_pat
         stand_in.touch()
         then = time.time() - beat_age
         os.utime(stand_in, (then, then))
-    argv = [sys.executable if token == "python" else token for token in command]
-    if argv[:2] == ["sh", "-c"]:
-        argv[2] = re.sub(r"\bpython\b", lambda _: sys.executable, argv[2])
-    argv = [token.replace(file, str(stand_in)) for token in argv]
+    # The exec form, no shell: the image's Python runs it, and an argument is an argument.
+    assert command[:3] == ["python", "-m", "core.heartbeat"], command
+    argv = [sys.executable, *command[1:]]
+    argv = [str(stand_in) if token == file else token for token in argv]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode in {0, 1}, (command, done.stderr)
     return done.returncode == 0
@@ -683,9 +699,10 @@ def test_kubernetes_probes_the_consumer_by_its_heartbeat_file(base, overlay, tmp
         assert not _probe_passes(liveness, file, 3600, tmp_path)
 
 
-def test_kubernetes_web_probes_use_healthz_and_readyz(base):
-    web = find(base, "Deployment", "caredeck-web")
-    (container,) = containers(web)
+@pytest.mark.parametrize("role", HTTP_ROLES)
+def test_kubernetes_http_roles_probe_healthz_and_readyz(base, role):
+    deployment = find(base, "Deployment", f"caredeck-{role}")
+    (container,) = containers(deployment)
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": int(gunicorn_settings()["bind"].rsplit(":", 1)[1])}
     probes = {kind: container[kind] for kind in ("startupProbe", "livenessProbe")}
@@ -695,8 +712,16 @@ def test_kubernetes_web_probes_use_healthz_and_readyz(base):
     assert readiness["httpGet"] == {"path": "/readyz", "port": "http"}
     # /readyz may take up to one backend timeout itself (checks run side by side).
     assert readiness["timeoutSeconds"] > health.CHECK_TIMEOUT_SECONDS
+    # gunicorn stops within its graceful_timeout, after the preStop pause.
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace >= gunicorn_settings()["graceful_timeout"] + pause
+
+
+def test_roles_without_http_have_no_http_probes(base):
+    http = {f"caredeck-{role}" for role in HTTP_ROLES}
     for obj in base:
-        if obj["kind"] == "Deployment" and obj is not web:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] not in http:
             for c in containers(obj):
                 for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                     assert "httpGet" not in c.get(probe, {}), f"{obj['metadata']['name']}: no HTTP"
@@ -715,13 +740,28 @@ def test_kubernetes_objects_refer_to_each_other_correctly(base, overlay):
         for name, deployment in deployments.items():
             selector = deployment["spec"]["selector"]["matchLabels"]
             assert selector.items() <= pods[name].items(), name
-        web_pod = pods["caredeck-web"]
-        service = find(objects, "Service", "caredeck-web")
-        assert service["spec"]["selector"].items() <= web_pod.items()
-        (web_container,) = containers(deployments["caredeck-web"])
-        port_names = {port["name"] for port in web_container["ports"]}
-        (service_port,) = service["spec"]["ports"]
-        assert service_port["targetPort"] in port_names
+        # Every pod template, Jobs' and CronJobs' too: a selector must pick one role only.
+        all_pods = {
+            f"{o['kind']} {o['metadata']['name']}": pod_labels(o)
+            for o in objects
+            if pod_spec(o) is not None
+        }
+        for role in HTTP_ROLES:
+            name = f"caredeck-{role}"
+            service = find(objects, "Service", name)
+            assert service["spec"].get("type", "ClusterIP") == "ClusterIP", name
+            selector = service["spec"]["selector"]
+            matching = [n for n, pod in all_pods.items() if selector.items() <= pod.items()]
+            assert matching == [f"Deployment {name}"], (name, matching)
+            (container,) = containers(deployments[name])
+            port_names = {port["name"] for port in container["ports"]}
+            (service_port,) = service["spec"]["ports"]
+            assert service_port["targetPort"] in port_names, name
+        service_port = find(objects, "Service", "caredeck-web")["spec"]["ports"][0]
+        # The Ingress is web's; the publisher is reached inside the cluster (its Service).
+        assert [o["metadata"]["name"] for o in objects if o["kind"] == "Ingress"] == [
+            "caredeck-web"
+        ]
         ingress = find(objects, "Ingress", "caredeck-web")
         for rule in ingress["spec"]["rules"]:
             for path in rule["http"]["paths"]:
@@ -739,14 +779,15 @@ def test_kubernetes_objects_refer_to_each_other_correctly(base, overlay):
             assert "replicas" not in deployments[target]["spec"], target
             assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
             scaled.add(target)
-        assert scaled == {"caredeck-web", "caredeck-worker"}
+        assert scaled == {"caredeck-web", "caredeck-worker", "caredeck-publisher"}
         budgeted = set()
         for pdb in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
             labels = pdb["spec"]["selector"]["matchLabels"]
-            matching = [n for n, pod in pods.items() if labels.items() <= pod.items()]
+            matching = [n for n, pod in all_pods.items() if labels.items() <= pod.items()]
             assert len(matching) == 1, (pdb["metadata"]["name"], matching)
-            budgeted.update(matching)
-        assert budgeted == {"caredeck-web", "caredeck-worker", "caredeck-consumer"}
+            assert matching[0].startswith("Deployment "), (pdb["metadata"]["name"], matching)
+            budgeted.add(matching[0].removeprefix("Deployment "))
+        assert budgeted == {f"caredeck-{role}" for role in ROLES}
         migrate = find(objects, "Job", "caredeck-migrate")
         assert containers(migrate)[0]["command"] == ["caredeck", "db", "upgrade"]
         for obj in objects:
@@ -758,6 +799,87 @@ def test_kubernetes_objects_refer_to_each_other_correctly(base, overlay):
                 assert "caredeck-config" in refs, obj["metadata"]["name"]
         configmap = find(objects, "ConfigMap", "caredeck-config")
         assert all(isinstance(value, str) for value in configmap["data"].values())
+
+
+# The publisher's HTTP face ---------------------------------------------------------------
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {variable["name"]: variable["value"] for variable in container.get("env", [])}
+
+
+def test_the_publisher_runs_the_web_app_with_only_its_plugin(compose, base, overlay):
+    for objects in (base, overlay):
+        web = find(objects, "Deployment", "caredeck-web")
+        publisher = find(objects, "Deployment", "caredeck-publisher")
+        (web_container,) = containers(web)
+        (container,) = containers(publisher)
+        assert container["command"] == web_container["command"]
+        assert container["image"] == web_container["image"]
+        env = _env(container)
+        assert env["CAREDECK_PLUGINS"] == PUBLISHER_PLUGINS
+        # No proxy in front of its ClusterIP Service: X-Forwarded-For is not believed.
+        assert env["CAREDECK_TRUSTED_PROXIES"] == "0"
+        # The same hardening as web: pod and container security, read-only root, volumes.
+        assert pod_spec(publisher)["securityContext"] == pod_spec(web)["securityContext"]
+        assert container["securityContext"] == web_container["securityContext"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["volumeMounts"] == web_container["volumeMounts"]
+        assert pod_spec(publisher)["volumes"] == pod_spec(web)["volumes"]
+        assert pod_spec(publisher)["automountServiceAccountToken"] is False
+        assert container["envFrom"] == web_container["envFrom"]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    services = app_services(compose)
+    publisher, web = services["publisher"], services["web"]
+    assert publisher["command"] == web["command"]
+    assert publisher["environment"]["CAREDECK_PLUGINS"] == PUBLISHER_PLUGINS
+    others = {k: v for k, v in publisher["environment"].items() if k != "CAREDECK_PLUGINS"}
+    assert others == {k: v for k, v in web["environment"].items() if k != "CAREDECK_PLUGINS"}
+    assert publisher["ports"] == [PUBLISHER_COMPOSE_PORT]
+    assert publisher["restart"] == "unless-stopped"
+    assert publisher["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}
+
+
+def _app_routes(settings: dict[str, str], instance: Path) -> dict:
+    """The plugins and URL rules of an app created with these ``CAREDECK_*`` settings."""
+    script = """
+import json
+from core.app import create_app
+
+app = create_app()
+print(json.dumps({
+    "plugins": sorted(app.extensions["caredeck"].plugins),
+    "rules": sorted({rule.rule for rule in app.url_map.iter_rules()}),
+}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDECK_")}
+    env |= settings | {"CAREDECK_INSTANCE_PATH": str(instance)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_publisher_settings_make_an_app_with_the_endpoint_and_no_other_plugin(base, tmp_path):
+    """The publisher Deployment's settings (the ConfigMap, then its own env) give an app
+    that serves the health checks, auth and the medication events, and no other plugin."""
+    configmap = find(base, "ConfigMap", "caredeck-config")["data"]
+    (container,) = containers(find(base, "Deployment", "caredeck-publisher"))
+    settings = {k: v for k, v in (configmap | _env(container)).items() if k.startswith("CAREDECK_")}
+    publisher = _app_routes(settings, tmp_path / "publisher")
+    assert publisher["plugins"] == [PUBLISHER_PLUGINS]
+    for rule in ("/healthz", "/readyz", "/api/auth/token", PUBLISHER_ENDPOINT):
+        assert rule in publisher["rules"], rule
+    # The web role (every plugin) serves more: what the other plugins add.
+    everything = _app_routes(settings | {"CAREDECK_PLUGINS": "*"}, tmp_path / "web")
+    assert set(publisher["rules"]) < set(everything["rules"])
+    assert len(everything["plugins"]) > 1
 
 
 def test_the_example_overlay_sets_image_host_namespace_and_replicas(overlay):
@@ -810,5 +932,10 @@ def test_operations_guide_covers_every_setting_and_role():
         "caredeck worker",
         "caredeck consume",
         "caredeck publish",
+        f"CAREDECK_PLUGINS={PUBLISHER_PLUGINS}",
+        "core.heartbeat --missing-ok",
     ):
         assert command in text, command
+    for name in ("caredeck-publisher", "`publisher`", "`publish-sample`"):
+        assert name in text, name
+    assert "test ! -e" not in text  # the probes run core.heartbeat directly, no shell
