@@ -103,51 +103,80 @@ CONFIRM_WINDOW = 500
 CONFIRM_TIMEOUT_SECONDS = 30.0
 
 
-class NotConfirmed(Exception):
+class PublishError(Exception):
+    """Publishing failed: the bus stayed unreachable, refused the topology, or did not confirm.
+
+    Messages confirmed before the failure stay published (``published`` counts them).
+    """
+
+    def __init__(self, message: str, published: int) -> None:
+        super().__init__(message)
+        self.published = published
+
+
+class _Unconfirmed(Exception):
     """The broker refused (nacked) a message or did not confirm it in time."""
 
 
 class _ConfirmingChannel:
-    """A channel in RabbitMQ's confirm mode, counting the broker's acks and nacks."""
+    """A channel in RabbitMQ's confirm mode that knows which messages await confirmation."""
 
     def __init__(self, conn: kombu.Connection) -> None:
         self.conn = conn
         self.channel = conn.channel()
         self.confirming = hasattr(self.channel, "confirm_select")  # AMQP, not embedded buses
-        self.published = self.acked = 0
-        self.nacked = False
+        self.next_tag = 1  # delivery tags count the channel's publishes from 1
+        self.waiting: set[int] = set()
+        self.refused = False
         if self.confirming:
             self.channel.events["basic_ack"].add(self._ack)
             self.channel.events["basic_nack"].add(self._nack)
             self.channel.confirm_select()
 
+    def _settle(self, delivery_tag: int, multiple: bool) -> None:
+        # Confirmations may come out of order, and one may settle every tag up to its own.
+        if multiple:
+            self.waiting = {tag for tag in self.waiting if tag > delivery_tag}
+        else:
+            self.waiting.discard(delivery_tag)
+
     def _ack(self, delivery_tag: int, multiple: bool) -> None:
-        self.acked = max(self.acked, delivery_tag)
+        self._settle(delivery_tag, multiple)
 
     def _nack(self, delivery_tag: int, multiple: bool) -> None:
-        self.nacked = True
+        self.refused = True
+        self._settle(delivery_tag, multiple)
 
     def send(self, window, exchange: kombu.Exchange, declare: Sequence[kombu.Queue]) -> None:
-        """Publish ``window`` and return once the broker confirmed all of it."""
-        producer = kombu.Producer(self.channel, serializer="json")
+        """Publish ``window`` as JSON and return once the broker confirmed all of it."""
         for routing_key, body in window:
-            producer.publish(
+            self.publish(
                 body,
+                serializer="json",
                 exchange=exchange,
                 routing_key=routing_key,
-                delivery_mode=2,
                 declare=[exchange, *declare],
             )
-            self.published += 1
-        if not self.confirming:
-            return
+        self.wait()
+
+    def publish(self, body: Any, **options: Any) -> None:
+        kombu.Producer(self.channel).publish(body, delivery_mode=2, **options)
+        if self.confirming:
+            self.waiting.add(self.next_tag)
+            self.next_tag += 1
+
+    def wait(self) -> None:
+        """Return once every message published so far is confirmed."""
         deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
-        while self.acked < self.published and not self.nacked:
+        while self.waiting and not self.refused:
             if time.monotonic() > deadline:
-                raise NotConfirmed(f"the broker did not confirm within {CONFIRM_TIMEOUT_SECONDS} s")
-            self.conn.drain_events(timeout=1)
-        if self.nacked:
-            raise NotConfirmed("the broker refused a message (nack)")
+                raise _Unconfirmed(f"the broker did not confirm within {CONFIRM_TIMEOUT_SECONDS} s")
+            try:
+                self.conn.drain_events(timeout=1)
+            except TimeoutError:  # a slow confirm (a busy disk) is not a lost connection
+                self.conn.heartbeat_check()
+        if self.refused:
+            raise _Unconfirmed("the broker refused a message (nack)")
 
 
 def publish(
@@ -161,17 +190,18 @@ def publish(
     """Publish ``(routing_key, body)`` pairs as persistent JSON messages, in order.
 
     Returns how many were published. On RabbitMQ the broker confirms every message before
-    it is counted (publisher confirms, waited for a window of messages at a time).
+    it is counted (publisher confirms, awaited for a window of messages at a time).
     ``declare`` (queues with their exchanges and bindings) is declared first, so nothing is
     dropped as unroutable before a consumer has ever run. A lost connection is re-established
     with backoff and the unconfirmed window published again, so consumers must tolerate a
-    duplicate.
+    duplicate. Raises :class:`PublishError` when it gives up.
     """
     if max_retries is None:
         max_retries = PUBLISH_RETRIES
     confirmed = 0
     messages = iter(messages)
     with connection(app) as conn:
+        lost = (OSError, kombu.exceptions.OperationalError, *conn.recoverable_connection_errors)
         channel = None
         while window := list(itertools.islice(messages, CONFIRM_WINDOW)):
             for attempt in itertools.count():
@@ -179,18 +209,21 @@ def publish(
                     channel = channel or _ConfirmingChannel(conn)
                     channel.send(window, exchange, declare)
                     break
-                except (
-                    OSError,
-                    kombu.exceptions.OperationalError,
-                    *conn.recoverable_connection_errors,
-                ) as error:
+                except lost as error:
                     if attempt >= max_retries:
-                        raise
+                        raise PublishError(
+                            f"the message bus is unreachable ({error})", confirmed
+                        ) from error
                     wait = min(0.5 * 2**attempt, 5.0)
                     log.warning("bus unavailable (%s); publishing again in %.1f s", error, wait)
                     time.sleep(wait)
                     conn.collect()  # drop the dead connection; the next channel reconnects
                     channel = None
+                except (_Unconfirmed, *conn.channel_errors) as error:
+                    # Not a lost connection, so publishing again would not help: a refused
+                    # message, or a topology that differs from the broker's (for instance a
+                    # queue declared earlier with other arguments).
+                    raise PublishError(f"the message bus refused: {error}", confirmed) from error
             confirmed += len(window)
     return confirmed
 
@@ -230,6 +263,9 @@ class Consumer(ConsumerMixin):
         # Messages acknowledged after their batch committed, and messages dead-lettered.
         self.stored = 0
         self.dead_lettered = 0
+        # Dead letters go out on a connection of their own, in confirm mode: the original is
+        # acknowledged only once the broker has the copy.
+        self.dead_letters: _ConfirmingChannel | None = None
 
     def run(self, **kwargs) -> None:
         super().run(safety_interval=IDLE_WAKE_SECONDS, **kwargs)
@@ -263,6 +299,8 @@ class Consumer(ConsumerMixin):
 
     def on_connection_error(self, exc, interval) -> None:
         self.heartbeat.stop()  # not ready while disconnected
+        if self.should_stop:  # stop instead of waiting for the broker to come back
+            raise ConnectionAbortedError("stopping while disconnected") from exc
         super().on_connection_error(exc, interval)
 
     def on_iteration(self) -> None:
@@ -272,6 +310,7 @@ class Consumer(ConsumerMixin):
     def on_consume_end(self, connection, channel) -> None:
         self.flush(force=True)  # stopping cleanly: store what was received, then ack it
         self.heartbeat.stop()
+        self._close_dead_letters()
 
     def on_message(self, entry: QueueConsumer, body: Any, message: kombu.Message) -> None:
         try:
@@ -306,13 +345,14 @@ class Consumer(ConsumerMixin):
             with self.app.app_context(), database.connection_context():
                 with database.atomic():
                     entry.store([item for _, item in entries])
-        except (peewee.OperationalError, peewee.InterfaceError) as error:
-            # The database is unreachable: the messages are fine, so keep them and retry.
-            log.error("database unavailable, requeueing %d message(s): %s", len(entries), error)
-            time.sleep(OUTAGE_BACKOFF_SECONDS)
-            for message, _ in entries:
-                message.requeue()
         except Exception as error:
+            if _database_at_fault(error):
+                # The messages are fine: keep them (unacknowledged) and try again later.
+                log.error("database unavailable, requeueing %d message(s): %s", len(entries), error)
+                time.sleep(OUTAGE_BACKOFF_SECONDS)
+                for message, _ in entries:
+                    message.requeue()
+                return
             if len(entries) > 1:
                 for one in entries:
                     self.store(entry, [one])
@@ -331,23 +371,47 @@ class Consumer(ConsumerMixin):
     def dead_letter(self, entry: QueueConsumer, message: kombu.Message, reason: str) -> None:
         """Move ``message`` to its queue's dead-letter exchange with ``reason`` in a header."""
         log.warning("dead-lettering a message from queue %s: %s", entry.queue.name, reason)
-        self.dead_lettered += 1
         target = entry.dead_letter_queue
         if target is None:
             message.reject(requeue=False)
+            self.dead_lettered += 1
             return
         # Republishing (rather than reject) is how the reason travels with the message:
         # RabbitMQ's own dead-lettering adds no header of ours.
-        kombu.Producer(message.channel).publish(
-            message.body,
-            exchange=target.exchange,
-            routing_key=target.routing_key or message.delivery_info.get("routing_key", ""),
-            headers={**(message.headers or {}), REASON_HEADER: reason[:1000]},
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=2,
-        )
+        try:
+            self.dead_letters = self.dead_letters or _ConfirmingChannel(self.connection.clone())
+            self.dead_letters.publish(
+                message.body,
+                exchange=target.exchange,
+                routing_key=target.routing_key or message.delivery_info.get("routing_key", ""),
+                headers={**(message.headers or {}), REASON_HEADER: reason[:1000]},
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                declare=[target],
+            )
+            self.dead_letters.wait()
+        except Exception as error:
+            log.error("could not dead-letter the message (%s); it stays on its queue", error)
+            self._close_dead_letters()
+            time.sleep(OUTAGE_BACKOFF_SECONDS)
+            message.requeue()
+            return
         message.ack()
+        self.dead_lettered += 1
+
+    def _close_dead_letters(self) -> None:
+        if self.dead_letters is not None:
+            self.dead_letters.conn.release()
+            self.dead_letters = None
+
+
+def _database_at_fault(error: Exception) -> bool:
+    """Whether storing failed because of the database rather than the message: unreachable,
+    read-only, a table not migrated yet, no permission. A constraint or a value the column
+    cannot hold is the message's fault."""
+    if isinstance(error, (peewee.IntegrityError, peewee.DataError)):
+        return False
+    return isinstance(error, (peewee.DatabaseError, peewee.InterfaceError))
 
 
 def start_embedded_consumer(app, consumers: list[QueueConsumer]) -> Consumer | None:

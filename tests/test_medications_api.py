@@ -115,6 +115,10 @@ def test_one_bad_event_refuses_the_whole_request_and_names_it(app, doctor):
         (event() | {"patient_id": "a b"}, "patient_id", "is not a valid MRN"),
         (event() | {"patient_id": 7792223}, "patient_id", "Not a valid string"),
         (event() | {"p_id": "other"}, "p_id", "p_id and patient_id disagree"),
+        (event(time="0001-01-01T00:30:00+01:00"), "event_time", "between the years 1900"),
+        (event(time="2100-01-01T00:00:00+00:00"), "event_time", "between the years 1900"),
+        (event(medication="Hep\u0000arin"), "medication", "control or invalid characters"),
+        (event(medication="\ud800"), "medication", "control or invalid characters"),
     ],
 )
 def test_a_single_bad_event_names_its_field(app, doctor, body, field, message):
@@ -122,6 +126,21 @@ def test_a_single_bad_event_names_its_field(app, doctor, body, field, message):
     assert response.status_code == 422
     assert response.json["message"].startswith(f"The request is invalid: {field}: ")
     assert message in " ".join(response.json["errors"]["json"][field])
+
+
+def test_nan_anywhere_in_an_event_is_refused(app, doctor):
+    body = json.dumps(event(dose=[1, {"mg": float("nan")}]))  # Python writes NaN; JSON has none
+    response = doctor.post("/api/medication-events", data=body, content_type="application/json")
+    assert response.status_code == 422
+    assert "NaN and Infinity are not JSON numbers." in response.json["message"]
+
+
+def test_two_producers_reusing_an_event_id_lose_nothing(app, doctor):
+    first = event(event_id="1")
+    second = event(event_id="1") | {"patient_id": "OTHER-7"}
+    assert doctor.post("/api/medication-events", json=[first, second]).json == {"accepted": 2}
+    consume_everything(app)
+    assert sorted(row["patient_mrn"] for row in stored()) == sorted([MRN, "OTHER-7"])
 
 
 def test_a_body_that_is_not_json_or_holds_nothing(app, doctor):

@@ -147,3 +147,26 @@ def test_an_unreachable_bus_is_a_clear_error(app, publish, monkeypatch, tmp_path
     assert result.exit_code == 1
     assert "The message bus is unavailable" in result.output
     assert "run the command again" in result.output
+
+
+def test_a_line_that_is_not_utf8_is_rejected_and_the_rest_published(app, publish, tmp_path):
+    source = tmp_path / "export.jsonl"
+    latin = (
+        '{"patient_id": "A-1", "medication": "Ibuprof\u00e8ne", "action": "start", '
+        '"event_time": "2024-11-20T08:00:00Z"}\n'
+    )
+    clean = latin.replace("\u00e8", "e").replace("start", "stop")
+    source.write_bytes(latin.encode("cp1252") + clean.encode())
+    result = publish(str(source))
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "line 1: Not utf-8 text (byte 0xe8 at column 45); give the file's encoding with --encoding."
+    )
+    (reject,) = [json.loads(line) for line in (tmp_path / "export.jsonl.rejects.jsonl").open()]
+    assert reject["input"].startswith('{"patient_id": "A-1", "medication": "Ibuprof\\xe8ne"')
+    again = publish(str(source), "--encoding", "cp1252", "--rejects", str(tmp_path / "r"))
+    assert again.exit_code == 0
+    consume_everything(app)
+    with database.connection_context():
+        names = sorted(row.medication for row in MedicationEvent.select())
+    assert names == ["Ibuprofene", "Ibuprofène"]  # the clean line stored once, not twice

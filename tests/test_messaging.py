@@ -170,9 +170,18 @@ def test_dead_lettering_against_a_real_rabbitmq(make_app):
                 e.bind(channel).delete()
 
 
-def test_a_database_outage_requeues_the_batch_instead_of_losing_it(make_app, monkeypatch):
+@pytest.mark.parametrize(
+    "outage",
+    [
+        peewee.OperationalError("server closed the connection unexpectedly"),
+        peewee.ProgrammingError('relation "labs_results" does not exist'),  # not migrated yet
+        peewee.InternalError("cannot execute INSERT in a read-only transaction"),  # failover
+    ],
+    ids=["unreachable", "not-migrated", "read-only"],
+)
+def test_a_database_outage_requeues_the_batch_instead_of_losing_it(make_app, monkeypatch, outage):
     monkeypatch.setattr("core.messaging.OUTAGE_BACKOFF_SECONDS", 0)
-    outages = [peewee.OperationalError("server closed the connection unexpectedly")]
+    outages = [outage]
 
     def store_after_the_outage(bodies):
         if outages:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import kombu.exceptions
 import marshmallow as ma
 from flask import request
 from flask.views import MethodView
@@ -12,6 +11,7 @@ from flask_smorest import Blueprint, abort
 
 from core.audit import audited
 from core.auth import STAFF, allow
+from core.messaging import PublishError
 from core.patients.models import visible_or_404
 from plugins.medications import bus
 from plugins.medications.events import InvalidEvent, MedicationsEventSchema, parse
@@ -159,11 +159,12 @@ class MedicationEvents(MethodView):
             abort(422, errors={"json": errors if isinstance(body, list) else errors[0]})
         try:
             accepted = bus.publish(events, max_retries=REQUEST_PUBLISH_RETRIES)
-        except (OSError, kombu.exceptions.KombuError) as error:
+        except PublishError as error:
             abort(
                 503,
-                message="The message bus is unavailable; send the request again "
-                f"(events already published are stored once). ({type(error).__name__})",
+                message=f"The message bus is unavailable: {error}. {error.published} of "
+                f"{len(events)} events were published; send the request again (events "
+                "already published are stored once).",
             )
         return {"accepted": accepted}
 

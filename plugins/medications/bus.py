@@ -9,6 +9,7 @@ published before any consumer ever ran are kept rather than dropped as unroutabl
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,8 +23,10 @@ from core.patients.models import Patient
 from plugins.medications.events import Event, InvalidEvent, parse
 from plugins.medications.models import MedicationEvent
 
-# Events stored per transaction, and the most a consumer holds unacknowledged.
+# Events stored per transaction (a consumer holds two batches unacknowledged).
 BATCH_SIZE = 500
+# How fresh a patient's "last activity" needs to be.
+ACTIVITY_RESOLUTION = datetime.timedelta(minutes=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +95,11 @@ def store(events: Sequence[Event]) -> None:
     # their chart and periods can be reached.
     mrns = sorted({event.patient_id for event in events})
     Patient.insert_many([{"mrn": mrn} for mrn in mrns]).on_conflict_ignore().execute()
-    Patient.update(last_activity_at=now).where(Patient.mrn.in_(mrns)).execute()
+    # Rows touched in the last minute are left alone: the update locks each row it changes
+    # until the commit, and consumers side by side would otherwise queue on busy patients.
+    Patient.update(last_activity_at=now).where(
+        Patient.mrn.in_(mrns), Patient.last_activity_at < now - ACTIVITY_RESOLUTION
+    ).execute()
 
 
 def consumer(app) -> messaging.QueueConsumer:

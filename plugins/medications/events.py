@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -41,13 +42,16 @@ class Event:
 
     @property
     def dedupe_key(self) -> str:
-        """The same key for every delivery of one event: its producer's id, or else what
-        it says (patient, medication, action and the moment, in UTC)."""
+        """The same key for every delivery of one event: what it says (patient, medication,
+        action, the moment in UTC) and its producer's id if it has one.
+
+        The id alone would not do: two producers may both number their events from 1, and
+        an event is never dropped for sharing an id with a different one.
+        """
+        moment = self.event_time.astimezone(datetime.UTC).isoformat()
+        identity = f"{self.patient_id}\n{self.medication}\n{self.action}\n{moment}"
         if self.event_id is not None:
-            identity = f"id\n{self.event_id}"
-        else:
-            moment = self.event_time.astimezone(datetime.UTC).isoformat()
-            identity = f"event\n{self.patient_id}\n{self.medication}\n{self.action}\n{moment}"
+            identity = f"id\n{self.event_id}\n{identity}"
         return hashlib.sha256(identity.encode()).hexdigest()
 
     @property
@@ -62,7 +66,38 @@ class Text(ma.fields.String):
         text = super()._deserialize(value, attr, data, **kwargs).strip()
         if not text:
             raise ma.ValidationError("Must not be empty.")
+        if not text.isprintable():  # control characters, NUL, lone surrogates
+            raise ma.ValidationError("Must not contain control or invalid characters.")
         return text
+
+
+# Times outside these years are typing errors, and beyond them the arithmetic overflows.
+EARLIEST = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
+LATEST = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
+
+
+def _plausible(moment: datetime.datetime) -> None:
+    try:
+        inside = EARLIEST <= moment.astimezone(datetime.UTC) < LATEST
+    except OverflowError:
+        inside = False
+    if not inside:
+        raise ma.ValidationError("The time must be between the years 1900 and 2099.")
+
+
+def _non_finite_numbers(data: Any) -> bool:
+    """Whether NaN or Infinity hide anywhere in ``data`` (Python's JSON reads them; JSON
+    does not have them, so other consumers of the stored copy would fail)."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _valid_mrn(value: str) -> None:
@@ -100,6 +135,7 @@ class MedicationsEventSchema(ma.Schema):
     event_time = ma.fields.AwareDateTime(
         required=True,
         format="iso",
+        validate=_plausible,
         error_messages={
             "required": "Missing: the event time (ISO 8601 with an offset).",
             "invalid": "Not an ISO 8601 time: use e.g. 2024-11-20T08:00:00+00:00.",
@@ -123,6 +159,8 @@ class MedicationsEventSchema(ma.Schema):
             raise ma.ValidationError(
                 "The event is empty: it needs patient_id, medication, action and event_time."
             )
+        if _non_finite_numbers(data):
+            raise ma.ValidationError("NaN and Infinity are not JSON numbers.")
         data = dict(data)
         for old, new in ALIASES.items():
             if old in data:

@@ -36,13 +36,13 @@ def derive(
     events: Iterable[tuple[str, str, datetime.datetime]],
 ) -> tuple[list[Period], list[Anomaly]]:
     """Periods (sorted by start) and anomalies (by time) from ``(medication, action, time)``."""
-    by_medication: dict[str, list[tuple[datetime.datetime, str]]] = defaultdict(list)
+    by_medication: dict[str, list[tuple[datetime.datetime, int, str]]] = defaultdict(list)
     for medication, action, moment in events:
-        by_medication[medication].append((moment, action))
+        by_medication[medication].append((moment, _CANCELS_LAST[action], action))
     periods: list[Period] = []
     anomalies: list[Anomaly] = []
     for medication, timeline in by_medication.items():
-        timeline.sort(key=lambda item: (item[0], _CANCELS_LAST[item[1]]))
+        timeline.sort()  # by time, cancels after the starts and stops at the same time
         kept = _apply_cancels(medication, timeline, anomalies)
         periods.extend(_pair(medication, kept, anomalies))
     periods.sort(key=lambda period: (period.start, period.medication))
@@ -52,7 +52,7 @@ def derive(
 
 def _apply_cancels(
     medication: str,
-    timeline: list[tuple[datetime.datetime, str]],
+    timeline: list[tuple[datetime.datetime, int, str]],
     anomalies: list[Anomaly],
 ) -> list[tuple[datetime.datetime, str]]:
     """Rule 1: each cancel voids the latest not-yet-voided start (or stop) at or before it.
@@ -62,7 +62,7 @@ def _apply_cancels(
     """
     live: dict[str, list[int]] = {"start": [], "stop": []}
     voided: set[int] = set()
-    for index, (moment, action) in enumerate(timeline):
+    for index, (moment, _, action) in enumerate(timeline):
         if action in live:
             live[action].append(index)
             continue
@@ -79,7 +79,11 @@ def _apply_cancels(
                     f"A {action} with no {target} at or before it to cancel.",
                 )
             )
-    return [item for index, item in enumerate(timeline) if item[1] in live and index not in voided]
+    return [
+        (moment, action)
+        for index, (moment, _, action) in enumerate(timeline)
+        if action in live and index not in voided
+    ]
 
 
 def _pair(
@@ -111,8 +115,8 @@ def _pair(
                         medication,
                         moment,
                         "start",
-                        f"A start while the period begun {opened.isoformat()} was open; "
-                        "the period keeps its first start.",
+                        "A start while a period was already open; the period keeps its "
+                        "first start.",
                     )
                 )
                 starts -= 1
