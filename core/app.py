@@ -23,6 +23,8 @@ from core.auth.models import SESSION_LIFETIME
 from core.config import CORE_SETTINGS, ConfigError, Setting, read_settings
 from core.dashboard import ChartSection, NavItem
 from core.messaging import QueueConsumer
+from core.patients.facts import PatientFacts
+from core.patients.schemas import CorePatientQuerySchema, CorePatientSchema
 from jobs import Job
 from jobs.broker import JobQueue
 from static import STATIC_FOLDER
@@ -60,6 +62,7 @@ class Caredeck:
     navigation: list[NavItem] = field(default_factory=list)
     chart_sections: dict[str, ChartSection] = field(default_factory=dict)
     consumers: list[QueueConsumer] = field(default_factory=list)
+    patient_facts: list[PatientFacts] = field(default_factory=list)
 
 
 def create_app(
@@ -120,10 +123,11 @@ def create_app(
     for blueprint in (auth_api.blp, users_api.blp, audit.blp):
         state.api.register_blueprint(blueprint)
     auth_views.init_app(app)
-    patients.init_app(app, state.api)
+    patients.init_app(app)
     state.navigation.extend(CORE_NAVIGATION)
 
     _register_plugins(app, state)
+    patients.register_api(state.api, state.patient_facts)
     _refuse_undeclared_routes(app, state)
     plugins.call(manager, "caredeck_startup", app=app)
     return app
@@ -227,6 +231,32 @@ def _register_plugins(app: flask.Flask, state: Caredeck) -> None:
             claim("chart section", plugin, section.key)
             sections.append(section)
     state.chart_sections = {s.key: s for s in sorted(sections, key=lambda s: (s.order, s.title))}
+
+    # The list's JSON fields and query parameters are what API clients type, so they are
+    # not prefixed; a clash with the core's or another plugin's stops start-up instead.
+    owners["patient field"] = dict.fromkeys(CorePatientSchema._declared_fields, "core")
+    owners["patient filter"] = dict.fromkeys(
+        (*CorePatientQuerySchema._declared_fields, "page", "page_size"), "core"
+    )
+    for plugin, items in call("caredeck_patient_facts").items():
+        for facts in items:
+            _expect(
+                plugin,
+                "caredeck_patient_facts",
+                facts,
+                PatientFacts,
+                "core.patients.facts.PatientFacts objects",
+            )
+            for name in facts.fields:
+                claim("patient field", plugin, name, separator=None)
+            for name in facts.filters:
+                claim("patient filter", plugin, name, separator=None)
+            if unknown := set(facts.columns) - set(facts.fields):
+                raise plugins.PluginError(
+                    f"Plugin {plugin!r}: patient list columns {sorted(unknown)} are not "
+                    "among its fields."
+                )
+            state.patient_facts.append(facts)
 
     for plugin, jobs in call("caredeck_actors").items():
         for job in jobs:

@@ -90,6 +90,17 @@ def caredeck_chart_sections(app):
 
 
 @hookspec
+def caredeck_patient_facts(app):
+    """Return :class:`core.patients.facts.PatientFacts`: fields added to each patient in
+    ``GET /api/patients`` (and columns on the patient list page), and filters on them.
+
+    ``values(mrns)`` is called once per page with that page's MRNs. Field and filter names
+    are what API clients type, so they are not prefixed, but they must not clash with the
+    core's patient fields and parameters or another plugin's.
+    """
+
+
+@hookspec
 def caredeck_actors(app):
     """Return Dramatiq actors declared with :func:`jobs.actor`.
 

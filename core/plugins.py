@@ -200,7 +200,7 @@ def check_owned(plugin: str, kind: str, name: str, separator: str = "_") -> None
 def check_unique(kind: str, owners: Mapping[str, str], name: str, plugin: str) -> None:
     """Refuse a second registration of ``name`` (``owners`` maps names to plugins)."""
     if name in owners:
+        owner = "the core" if owners[name] == "core" else f"plugin {owners[name]!r}"
         raise PluginError(
-            f"Plugin {plugin!r} registers {kind} {name!r}, which plugin "
-            f"{owners[name]!r} already registers."
+            f"Plugin {plugin!r} registers {kind} {name!r}, which {owner} already registers."
         )

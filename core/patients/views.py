@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 
 from core.audit import audited, note, recent_access
 from core.auth import ROLES, STAFF, allow, current_user
+from core.patients.facts import attach, page_text
 from core.patients.models import (
     SEXES,
     DuplicateMrnError,
@@ -82,9 +83,14 @@ def index():
     total = query.count()
     page_count = max(1, math.ceil(total / PAGE_SIZE))
     page = min(_page_number(), page_count)
+    patients = list(query.paginate(page, PAGE_SIZE))
+    facts = current_app.extensions["caredeck"].patient_facts
+    attach(patients, facts)
     return render_template(
         "caredeck/patients/index.html",
-        patients=list(query.paginate(page, PAGE_SIZE)),
+        patients=patients,
+        columns={name: label for fact in facts for name, label in fact.columns.items()},
+        fact_text=page_text,
         q=request.args.get("q", ""),
         search_error=error,
         total=total,
