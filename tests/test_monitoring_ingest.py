@@ -210,8 +210,10 @@ def test_the_same_rows_under_new_names_count_as_unchanged(app, tmp_path):
     assert stored_last_tests() == expected_last_tests()
 
 
-def test_small_batches_give_the_same_result(app, monkeypatch):
-    monkeypatch.setattr(ingest, "BATCH_ROWS", 7)
+@pytest.mark.parametrize(("first", "most"), [(7, 7), (3, 50)])
+def test_small_batches_give_the_same_result(app, monkeypatch, first, most):
+    monkeypatch.setattr(ingest, "FIRST_BATCH_ROWS", first)  # 3, 4, 6, 9, ... 50, 50
+    monkeypatch.setattr(ingest, "BATCH_ROWS", most)
     run(app, DEMO)
     assert counts()["lab_tests"] == 652
     assert counts()["core_patients"] == 100
