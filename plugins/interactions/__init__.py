@@ -1,0 +1,1 @@
+"""Interactions: doctors document their interactions with a patient and the outcome."""
