@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from core.auth import ROLES
+from core.dashboard import ChartSection
 from core.hookspecs import hookimpl
-from plugins.interactions import api
+from plugins.interactions import api, views
 from plugins.interactions.facts import FACTS
 from plugins.interactions.models import MODELS
 
@@ -23,6 +25,20 @@ def caredeck_migrations():
 @hookimpl
 def caredeck_api_blueprints():
     return [api.blp]
+
+
+@hookimpl
+def caredeck_page_blueprints():
+    return [views.pages]
+
+
+@hookimpl
+def caredeck_chart_sections():
+    # Every role: a patient user reads their own history (the core answers 404 for another
+    # patient's chart and sections).
+    return [
+        ChartSection("interactions", "Interactions", views.chart_section, order=10, roles=ROLES)
+    ]
 
 
 @hookimpl
