@@ -5,7 +5,7 @@ from pathlib import Path
 from core.auth import ROLES
 from core.dashboard import ChartSection
 from core.hookspecs import hookimpl
-from plugins.interactions import api, views
+from plugins.interactions import api, demo, views
 from plugins.interactions.facts import FACTS
 from plugins.interactions.models import MODELS
 
@@ -44,3 +44,8 @@ def caredeck_chart_sections():
 @hookimpl
 def caredeck_patient_facts():
     return [FACTS]
+
+
+@hookimpl
+def caredeck_demo():
+    demo.load()
