@@ -290,3 +290,100 @@ def test_the_medication_timeline_in_chromium(demo):
             browser.close()
     assert hosts == {"127.0.0.1"}
     assert problems == []
+
+
+@pytest.mark.browser
+def test_interactions_in_chromium(demo):
+    """Issue 6: a doctor records an interaction in the chart (after a field error) and amends
+    it, and sees both versions; a nurse reads it without forms; the patient user reads only
+    their own chart."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium_or_skip()
+    base = demo["base"]
+    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    summary = "Browser check: chest clear, walking again"
+    hosts, problems = set(), []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+
+            def signed_in(role, width=1280):
+                page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+                page.on("request", lambda r: hosts.add(urlsplit(r.url).hostname))
+                page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+                email = f"{role}@caredeck.local"
+                sign_in(page, base, email, credentials[email])
+                return page
+
+            doctor = signed_in("doctor")
+            doctor.goto(f"{base}/patients/DEMO-0001")
+            section = doctor.locator("[data-section-url*=interactions]")
+            expect(section.locator("circle.mark")).to_have_count(6)  # the demo's
+            section.locator("summary", has_text="Record an interaction").click()
+            form = section.locator("details.interaction-new form")
+            form.locator("select[name=kind]").select_option("visit")
+            form.locator("textarea[name=notes]").fill("No cough.\nBack to daily walks.")
+            form.locator("input[name=outcome][value=healthy]").check()
+            form.locator("button[type=submit]").click()  # no summary yet
+
+            # The error comes back next to its field, on a page of its own, with what was typed.
+            expect(doctor.locator("h1")).to_have_text("Record an interaction")
+            expect(doctor.locator("#field-summary-error")).to_contain_text("Enter a summary")
+            expect(doctor.locator("#field-notes")).to_have_value("No cough.\nBack to daily walks.")
+            doctor.fill("#field-summary", summary)
+            doctor.click("main form button[type=submit]")  # not the header's "Sign out"
+
+            expect(doctor.locator(".notice")).to_contain_text("The interaction is recorded.")
+            entry = section.locator("li.interaction", has_text=summary)
+            expect(entry.locator(".interaction-head .badge").first).to_have_text("Healthy")
+            expect(section.locator("circle.mark")).to_have_count(7)
+
+            entry.locator("summary", has_text=re.compile(r"^Amend$")).click()
+            amend = entry.locator("details.interaction-amend form")
+            amend.locator("textarea[name=reason]").fill("Ankles still swollen on a second look")
+            amend.locator("input[name=outcome][value=not_healthy]").check()
+            amend.locator("button[type=submit]").click()
+
+            expect(doctor.locator(".notice")).to_contain_text("The amendment is recorded")
+            entry = section.locator("li.interaction", has_text=summary)
+            expect(entry.locator(".interaction-head .badge").first).to_have_text("Not healthy")
+            expect(entry.locator(".badge.amended")).to_be_visible()
+            entry.locator("summary", has_text="History").click()
+            versions = entry.locator("li.interaction-version-item")
+            expect(versions).to_have_count(2)
+            expect(versions.nth(0)).to_contain_text("Original")
+            expect(versions.nth(0).locator("dd", has_text=re.compile(r"^Healthy$"))).to_be_visible()
+            expect(versions.nth(1)).to_contain_text("Ankles still swollen on a second look")
+            expect(versions.nth(1).locator("dd", has_text="Not healthy")).to_be_visible()
+            doctor.screenshot(path=str(ARTIFACTS / "chart-interactions-doctor.png"), full_page=True)
+
+            nurse = signed_in("nurse", width=390)
+            nurse.goto(f"{base}/patients/DEMO-0001")
+            section = nurse.locator("[data-section-url*=interactions]")
+            expect(section.locator("li.interaction", has_text=summary)).to_be_visible()
+            expect(section.locator("form")).to_have_count(0)
+            expect(section.locator("summary", has_text=re.compile(r"^Amend$"))).to_have_count(0)
+            nurse.screenshot(
+                path=str(ARTIFACTS / "chart-interactions-nurse-390.png"), full_page=True
+            )
+
+            patient = signed_in("patient")
+            expect(patient.locator("h1")).to_contain_text("Ada")  # their own chart
+            section = patient.locator("[data-section-url*=interactions]")
+            expect(section.locator("li.interaction", has_text=summary)).to_be_visible()
+            expect(section).not_to_contain_text("Sprained left ankle")  # DEMO-0002's
+            expect(section.locator("form")).to_have_count(0)
+            other = patient.request.get(f"{base}/patients/DEMO-0002/sections/interactions")
+            assert other.status == 404
+            patient.goto(f"{base}/patients/DEMO-0002")
+            expect(patient.locator("h1")).to_contain_text("404")
+        finally:
+            browser.close()
+    assert hosts == {"127.0.0.1"}, f"requests left the machine: {hosts}"
+    # The form with a missing summary (422) and the other patient's chart (404) are answered
+    # with those statuses on purpose; anything else in the console is a defect.
+    expected = ("status of 422 (UNPROCESSABLE ENTITY)", "status of 404 (NOT FOUND)")
+    assert [p for p in problems if not p.endswith(expected)] == []
