@@ -583,8 +583,11 @@ def test_the_patient_reads_their_own_history_with_its_amendments(doctor, own_pat
     assert detail["original"]["outcome"] == "healthy"
 
 
-def test_every_access_is_audited(doctor, own_patient, other_patient, client_for):
+def test_every_access_is_audited(doctor, other_doctor, own_patient, other_patient, client_for):
     created = record(doctor)
+    amend(doctor, created["id"], outcome="not_healthy")  # no reason
+    amend(other_doctor, created["id"], reason="r", outcome="not_healthy")
+    client_for("nurse").post(f"{BASE}/{created['id']}/entered-in-error", json={"reason": "r"})
     amend(doctor, created["id"], reason="r", outcome="not_healthy")
     mark(doctor, created["id"])
     own_patient.get(BASE)
@@ -593,6 +596,9 @@ def test_every_access_is_audited(doctor, own_patient, other_patient, client_for)
     seen = {(row["user"], row["action"], row["outcome"]) for row in rows}
     assert ("doctor@example.org", "create", "allowed") in seen
     assert ("doctor@example.org", "amend", "allowed") in seen
+    assert ("doctor@example.org", "amend", "invalid") in seen
+    assert ("house@example.org", "amend", "denied") in seen
+    assert ("nurse@example.org", "mark in error", "denied") in seen
     assert ("doctor@example.org", "mark in error", "allowed") in seen
     assert ("ada@example.org", "view", "allowed") in seen
     assert ("tomas@example.org", "view", "not_found") in seen

@@ -7,7 +7,7 @@ from flask import url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from core.audit import note
+from core.audit import audited
 from core.auth import ROLES, allow, current_user
 from core.patients.models import visible_or_404
 from plugins.interactions import records
@@ -309,6 +309,7 @@ class PatientInteraction(MethodView):
 @blp.route("/patients/<mrn>/interactions/<int:interaction_id>/amendments", parameters=ONE)
 class InteractionAmendments(MethodView):
     @allow("doctor")
+    @audited("amend")  # not "create": refused and invalid attempts too
     @blp.arguments(InteractionsAmendmentSchema, example=AMENDMENT_EXAMPLE)
     @blp.response(201, InteractionsDetailSchema)
     @blp.alt_response(403, description="Only the doctor who wrote the entry amends it")
@@ -324,7 +325,6 @@ class InteractionAmendments(MethodView):
         amendment is stored as a new full version: the original and every amendment stay in
         the record with their authors and times.
         """
-        note(action="amend")
         entry = _entry_or_404(mrn, interaction_id)
         reason = data.pop("reason")
         try:
@@ -336,6 +336,7 @@ class InteractionAmendments(MethodView):
 @blp.route("/patients/<mrn>/interactions/<int:interaction_id>/entered-in-error", parameters=ONE)
 class InteractionErrorMark(MethodView):
     @allow("doctor")
+    @audited("mark in error")
     @blp.arguments(InteractionsErrorMarkSchema, example=ERROR_MARK_EXAMPLE)
     @blp.response(201, InteractionsDetailSchema)
     @blp.alt_response(403, description="Only the doctor who wrote the entry marks it")
@@ -350,7 +351,6 @@ class InteractionErrorMark(MethodView):
         reason; it can no longer be amended. This cannot be undone: record a new
         interaction if the mark itself was a mistake.
         """
-        note(action="mark in error")
         entry = _entry_or_404(mrn, interaction_id)
         try:
             return detail(records.mark_in_error(entry, current_user(), data["reason"]))

@@ -310,13 +310,14 @@ def current_values(entry) -> dict[str, str]:
 @pages.route("/patients/<mrn>/interactions/<int:interaction_id>/amend", methods=["GET", "POST"])
 @allow("doctor")
 def amend(mrn: str, interaction_id: int):
+    if request.method == "POST":
+        note(action="amend")
     patient = visible_or_404(mrn)
     entry = _entry_or_404(patient, interaction_id)
     if (refusal := _open_or_refused("amend", patient, entry)) is not None:
         return refusal
     if request.method == "GET":
         return _form("amend", patient, current_values(entry), {}, entry)
-    note(action="amend")
     values = _submitted()
     submitted = dict(values)
     if submitted.get("occurred_at") == current_values(entry)["occurred_at"]:
@@ -340,13 +341,14 @@ def amend(mrn: str, interaction_id: int):
 )
 @allow("doctor")
 def entered_in_error(mrn: str, interaction_id: int):
+    if request.method == "POST":
+        note(action="mark in error")
     patient = visible_or_404(mrn)
     entry = _entry_or_404(patient, interaction_id)
     if (refusal := _open_or_refused("error", patient, entry)) is not None:
         return refusal
     if request.method == "GET":
         return _form("error", patient, {}, {}, entry)
-    note(action="mark in error")
     values = _submitted()
     data, errors = _load(error_mark_schema, {"reason": values.get("reason", "")})
     if errors:
