@@ -296,7 +296,7 @@ def test_the_medication_timeline_in_chromium(demo):
 def test_interactions_in_chromium(demo):
     """Issue 6: a doctor records an interaction in the chart (after a field error) and amends
     it, and sees both versions; a nurse reads it without forms; the patient user reads only
-    their own chart."""
+    their own chart; the docs UI runs every interactions endpoint with its example."""
     import re
 
     from playwright.sync_api import expect, sync_playwright
@@ -380,6 +380,39 @@ def test_interactions_in_chromium(demo):
             assert other.status == 404
             patient.goto(f"{base}/patients/DEMO-0002")
             expect(patient.locator("h1")).to_contain_text("404")
+
+            # The docs UI: with the bearer token, each endpoint works with its example as is.
+            request = urllib.request.Request(
+                f"{base}/api/auth/token",
+                data=json.dumps(
+                    {
+                        "email": "doctor@caredeck.local",
+                        "password": credentials["doctor@caredeck.local"],
+                    }
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                token = json.load(response)["access_token"]
+            docs = signed_in("doctor")
+            docs.goto(f"{base}/api/docs/")
+            docs.click("button.authorize")
+            docs.fill(".auth-container input", token)
+            docs.click(".auth-btn-wrapper button.authorize")
+            docs.click("button.btn-done")
+            path = "api_patients__mrn__interactions"
+            for operation, expected in [
+                (f"post_{path}", "201"),
+                (f"get_{path}", "200"),
+                (f"get_{path}__interaction_id_", "200"),
+                (f"post_{path}__interaction_id__amendments", "201"),
+                (f"post_{path}__interaction_id__entered_in_error", "201"),
+            ]:
+                block = docs.locator(f"#operations-interactions-{operation}")
+                block.locator(".opblock-summary").click()
+                block.locator("button.execute").click()
+                status = block.locator(".live-responses-table tbody .response-col_status")
+                expect(status).to_have_text(re.compile(rf"^\s*{expected}"))
         finally:
             browser.close()
     assert hosts == {"127.0.0.1"}, f"requests left the machine: {hosts}"
