@@ -410,6 +410,7 @@ def test_the_author_marks_an_entry_entered_in_error(doctor, doctor_api):
     closed = doctor.get(f"/patients/{MRN}/interactions/{created['id']}/amend")
     assert closed.status_code == 409
     assert "it can no longer be changed" in closed.text
+    assert '<form class="interaction-form' not in closed.text  # nothing left to submit
 
 
 # The history page -------------------------------------------------------------------------

@@ -251,6 +251,7 @@ def _form(mode: str, patient, values: dict, errors: dict, entry=None, status: in
             entry=entry,
             values=values,
             errors=errors,
+            closed=status == 409,  # the entry can no longer be changed: no form to offer
         ),
         status,
     )
