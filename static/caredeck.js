@@ -25,11 +25,11 @@ function loadSections() {
 }
 
 // <button data-confirm="..."> asks before a consequential action (no inline script: CSP).
+// One listener on the document, so buttons in chart sections loaded later ask too.
 function confirmActions() {
-  document.querySelectorAll("[data-confirm]").forEach(function (button) {
-    button.addEventListener("click", function (event) {
-      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
-    });
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-confirm]");
+    if (button && !window.confirm(button.dataset.confirm)) event.preventDefault();
   });
 }
 
