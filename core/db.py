@@ -78,7 +78,14 @@ def connect(url: str) -> peewee.Database:
         # wait for the lock instead of failing at once.
         return db_url.connect(
             url,
-            pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10_000},
+            pragmas={
+                "journal_mode": "wal",
+                "foreign_keys": 1,
+                "busy_timeout": 10_000,
+                # REPLACE deletes a conflicting row; with this, the delete fires DELETE
+                # triggers, so append-only tables cannot be rewritten by INSERT OR REPLACE.
+                "recursive_triggers": 1,
+            },
             check_same_thread=False,
         )
     # JIT compilation pays off for long analytical queries; for the short queries of a web

@@ -94,5 +94,6 @@ def test_facts_that_clash_or_do_not_add_up_stop_start_up(make_app, facts, messag
 
 def test_two_plugins_cannot_add_the_same_field(make_app, caredeck_plugins):
     beds = make_plugin("beds", caredeck_patient_facts=lambda: [FACTS])
-    with pytest.raises(PluginError, match="patient field 'ward_flag', which plugin '(ward|beds)' already"):
+    clash = "patient field 'ward_flag', which plugin '(ward|beds)' already"
+    with pytest.raises(PluginError, match=clash):
         make_app(plugins={**caredeck_plugins, "beds": beds})
