@@ -392,6 +392,23 @@ def test_an_amendment_is_validated(doctor, changes, field, message):
     assert doctor.get(f"{BASE}/{created['id']}").json["version"] == 1
 
 
+def test_an_amendment_from_a_stale_version_is_refused(doctor):
+    """Two tabs read version 1; the second tab's amendment must not undo the first's."""
+    created = record(doctor)
+    first = amend(doctor, created["id"], base_version=1, reason="Worse", outcome="not_healthy")
+    assert first.status_code == 201, first.json
+    stale = amend(doctor, created["id"], base_version=1, reason="Typo", summary="Follow-up visit")
+    assert stale.status_code == 409
+    assert "amended meanwhile" in stale.json["message"]
+    detail = doctor.get(f"{BASE}/{created['id']}").json
+    assert detail["version"] == 2 and detail["outcome"] == "not_healthy"
+    current = amend(doctor, created["id"], base_version=2, reason="Typo", summary="Visit")
+    assert current.status_code == 201, current.json
+    assert current.json["version"] == 3 and current.json["outcome"] == "not_healthy"
+    bad = amend(doctor, created["id"], base_version="3", reason="r", summary="x")
+    assert bad.status_code == 422 and "base_version" in bad.json["errors"]["json"]
+
+
 def test_only_the_author_amends(doctor, other_doctor):
     created = record(doctor)
     answer = amend(other_doctor, created["id"], reason="I disagree", outcome="not_healthy")

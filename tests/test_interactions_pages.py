@@ -356,6 +356,25 @@ def test_the_author_amends_from_the_chart(doctor, doctor_api):
     assert "Was still short of breath" in html
 
 
+def test_a_stale_amend_form_does_not_undo_a_newer_amendment(doctor, doctor_api):
+    created = record(doctor_api)
+    path = f"/patients/{MRN}/interactions/{created['id']}/amend"
+    first_tab, second_tab = doctor.get(path).text, doctor.get(SECTION).text
+    assert 'name="version" value="1"' in first_tab and 'name="version" value="1"' in second_tab
+    fields = form(occurred_at="2024-11-20T08:30", kind="visit", summary="Follow-up", notes="")
+    saved = post_form(doctor, path, first_tab, **fields, version="1", reason="Worse")
+    assert saved.status_code == 303, saved.text
+    stale = post_form(
+        doctor, path, second_tab, **(fields | {"outcome": "healthy"}), version="1", reason="Typo"
+    )
+    assert stale.status_code == 409
+    assert "amended meanwhile" in stale.text
+    assert f'<a href="{path}">Amend the current version' in stale.text
+    assert "As it reads now (version 2)" in stale.text
+    detail = doctor_api.get(f"/api/patients/{MRN}/interactions/{created['id']}").json
+    assert detail["version"] == 2 and detail["outcome"] == "not_healthy"
+
+
 def test_an_amendment_needs_a_reason_and_a_change(doctor, doctor_api):
     created = record(doctor_api)
     path = f"/patients/{MRN}/interactions/{created['id']}/amend"

@@ -321,14 +321,19 @@ class InteractionAmendments(MethodView):
     def post(self, data, mrn, interaction_id):
         """Amend your interaction (its author only)
 
-        Give a `reason` and the fields that change; the others stay as they are. The
+        Give a `reason` and the fields that change; the others stay as they are, and
+        `base_version`, the version you read: when the entry was amended meanwhile the
+        answer is `409` rather than your amendment undoing the newer one. The
         amendment is stored as a new full version: the original and every amendment stay in
         the record with their authors and times.
         """
         entry = _entry_or_404(mrn, interaction_id)
         reason = data.pop("reason")
+        base_version = data.pop("base_version", None)
         try:
-            return detail(records.amend(entry, current_user(), data, reason))
+            return detail(
+                records.amend(entry, current_user(), data, reason, base_version=base_version)
+            )
         except records.RecordError as error:
             _refuse(error)
 

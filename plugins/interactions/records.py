@@ -201,10 +201,13 @@ def amend(
     changes: dict,
     reason: str,
     *,
+    base_version: int | None = None,
     recorded_at: datetime.datetime | None = None,
 ) -> Interaction:
     """A new version with ``changes`` applied to the current one; refuses an amendment that
-    changes nothing, and one racing another amendment for the same version number."""
+    changes nothing, one made from a version that is no longer the latest (``base_version``:
+    the version the client saw; a stale form would otherwise silently undo a newer
+    amendment), and one racing another amendment for the same version number."""
     now = recorded_at or utcnow()
     with database.atomic():
         _lock(entry)
@@ -215,6 +218,12 @@ def amend(
             .order_by(InteractionVersion.number.desc())
             .first()
         )
+        if base_version is not None and base_version != latest.number:
+            raise ChangedMeanwhile(
+                f"The interaction was amended meanwhile: you amended version {base_version}, "
+                f"it now reads as version {latest.number}. Reload it and amend the latest "
+                "version."
+            )
         content = latest.content() | {
             name: changes[name] for name in CONTENT_FIELDS if name in changes
         }

@@ -201,6 +201,16 @@ class InteractionsAmendmentSchema(_Tidy):
     """An amendment: the reason, and the fields that change (the others stay as they are)."""
 
     reason = reason_field()
+    base_version = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=2**31 - 1, error="Not a version number."),
+        metadata={
+            "description": "The version you amended (the entry's `version` as you read it). "
+            "Optional, but send it: if the entry was amended meanwhile the answer is `409` "
+            "instead of your amendment silently undoing the newer one.",
+            "example": 1,
+        },
+    )
     occurred_at = occurred_at_field()
     kind = kind_field()
     summary = summary_field()

@@ -241,7 +241,16 @@ def _sentences(errors: dict) -> dict[str, str]:
     )
 
 
-def _form(mode: str, patient, values: dict, errors: dict, entry=None, status: int = 200):
+def _form(
+    mode: str,
+    patient,
+    values: dict,
+    errors: dict,
+    entry=None,
+    status: int = 200,
+    *,
+    stale: bool = False,
+):
     return (
         render_template(
             "interactions/form.html",
@@ -252,6 +261,7 @@ def _form(mode: str, patient, values: dict, errors: dict, entry=None, status: in
             values=values,
             errors=errors,
             closed=status == 409,  # the entry can no longer be changed: no form to offer
+            stale=stale,  # amended meanwhile: link to the current version instead
         ),
         status,
     )
@@ -295,6 +305,14 @@ def _open_or_refused(mode: str, patient, entry):
     return None
 
 
+def _seen_version() -> int | None:
+    """The version the amend form was filled in from (its hidden ``version`` field)."""
+    seen = request.form.get("version", "").strip()
+    if seen.isascii() and seen.isdigit() and len(seen) <= 9:
+        return int(seen)
+    return None
+
+
 def current_values(entry) -> dict[str, str]:
     """An entry's current version as the amendment form shows it."""
     version = entry.current
@@ -329,7 +347,11 @@ def amend(mrn: str, interaction_id: int):
         return _form("amend", patient, values, errors, entry, 422)
     reason = data.pop("reason")
     try:
-        records.amend(entry, current_user(), data, reason)
+        records.amend(entry, current_user(), data, reason, base_version=_seen_version())
+    except records.ChangedMeanwhile as error:
+        # A stale form (another tab, a colleague's session): show what it reads now.
+        entry = _entry_or_404(patient, interaction_id)
+        return _form("amend", patient, values, {"_schema": error.message}, entry, 409, stale=True)
     except records.RecordError as error:
         return _refused("amend", patient, entry, values, error)
     flash("The amendment is recorded; the original stays in the history.")
