@@ -281,12 +281,30 @@ def test_filters_by_outcome_author_and_time(doctor, other_doctor, users):
         ("?from=2024-11-22T00:00:00Z&to=2024-11-21T00:00:00Z", "from"),
         ("?page_size=101", "page_size"),
         ("?page=0", "page"),
+        ("?from=0001-01-01T00:00:00%2B01:00", "from"),  # overflows in UTC
+        ("?to=9999-12-31T23:59:59-01:00", "to"),  # overflows in UTC
+        ("?from=1899-12-31T00:00:00Z", "from"),
     ],
 )
 def test_bad_filters_are_named(doctor, query, field):
     answer = doctor.get(f"{BASE}{query}")
     assert answer.status_code == 422
     assert field in answer.json["errors"]["query"]
+
+
+@pytest.mark.parametrize("author", ["²", "٣", "99999999999999999999999", "9223372036854775808"])
+def test_an_author_that_is_no_user_id_matches_nothing(doctor, author):
+    record(doctor)
+    answer = doctor.get(BASE, query_string={"author": author})
+    assert answer.status_code == 200, answer.json
+    assert answer.json == []
+
+
+def test_an_id_beyond_a_bigint_is_a_404(doctor):
+    huge = f"{BASE}/99999999999999999999"
+    assert doctor.get(huge).status_code == 404
+    assert amend(doctor, "99999999999999999999", reason="r", summary="x").status_code == 404
+    assert doctor.post(f"{huge}/entered-in-error", json={"reason": "r"}).status_code == 404
 
 
 def test_the_history_is_paginated(doctor):

@@ -295,6 +295,16 @@ def test_form_times_are_hospital_time(make_app, users, patients):
         doctor, f"/patients/{MRN}/interactions/new", page, **form(occurred_at="20.11.2024")
     )
     assert "Enter the time as YYYY-MM-DD HH:MM" in bad.text
+    # Near year 1 and year 9999 the zone's offset overflows: a 422, never a 500.
+    for moment, message in [
+        ("0001-01-01T00:30", "before 1900-01-01"),
+        ("9999-12-31T23:30", "The time"),
+    ]:
+        far = post_form(
+            doctor, f"/patients/{MRN}/interactions/new", page, **form(occurred_at=moment)
+        )
+        assert far.status_code == 422, moment
+        assert message in far.text
 
 
 def test_only_doctors_get_the_form_pages(app, users, doctor_api):
@@ -323,6 +333,9 @@ def test_only_doctors_get_the_form_pages(app, users, doctor_api):
 def test_an_unknown_patient_or_entry_is_a_404(doctor):
     assert doctor.get("/patients/NOBODY/interactions/new").status_code == 404
     assert doctor.get(f"/patients/{MRN}/interactions/999/amend").status_code == 404
+    huge = 99999999999999999999  # beyond a BIGINT
+    for action in ("amend", "entered-in-error"):
+        assert doctor.get(f"/patients/{MRN}/interactions/{huge}/{action}").status_code == 404
     assert doctor.get("/patients/NOBODY/interactions").status_code == 404
 
 

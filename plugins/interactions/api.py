@@ -17,6 +17,7 @@ from plugins.interactions.schemas import (
     InteractionsAmendmentSchema,
     InteractionsErrorMarkSchema,
     InteractionsNewSchema,
+    check_plausible,
 )
 
 blp = Blueprint(
@@ -130,10 +131,12 @@ class InteractionsQuerySchema(ma.Schema):
     )
     from_ = ma.fields.AwareDateTime(
         data_key="from",
+        validate=check_plausible,
         error_messages={"invalid_awareness": "The time has no offset: add one, e.g. +00:00."},
         metadata={"description": "Only entries that happened at or after this time."},
     )
     to = ma.fields.AwareDateTime(
+        validate=check_plausible,
         error_messages={"invalid_awareness": "The time has no offset: add one, e.g. +00:00."},
         metadata={"description": "Only entries that happened at or before this time."},
     )
@@ -291,7 +294,9 @@ class PatientInteractions(MethodView):
         return detail(entry), 201, {"Location": location}
 
 
-@blp.route("/patients/<mrn>/interactions/<int:interaction_id>", parameters=ONE)
+@blp.route(
+    "/patients/<mrn>/interactions/<int(max=9223372036854775807):interaction_id>", parameters=ONE
+)
 class PatientInteraction(MethodView):
     @allow(*ROLES)
     @blp.response(200, InteractionsDetailSchema)
@@ -306,7 +311,10 @@ class PatientInteraction(MethodView):
         return detail(_entry_or_404(mrn, interaction_id))
 
 
-@blp.route("/patients/<mrn>/interactions/<int:interaction_id>/amendments", parameters=ONE)
+@blp.route(
+    "/patients/<mrn>/interactions/<int(max=9223372036854775807):interaction_id>/amendments",
+    parameters=ONE,
+)
 class InteractionAmendments(MethodView):
     @allow("doctor")
     @audited("amend")  # not "create": refused and invalid attempts too
@@ -338,7 +346,10 @@ class InteractionAmendments(MethodView):
             _refuse(error)
 
 
-@blp.route("/patients/<mrn>/interactions/<int:interaction_id>/entered-in-error", parameters=ONE)
+@blp.route(
+    "/patients/<mrn>/interactions/<int(max=9223372036854775807):interaction_id>/entered-in-error",
+    parameters=ONE,
+)
 class InteractionErrorMark(MethodView):
     @allow("doctor")
     @audited("mark in error")

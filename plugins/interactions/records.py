@@ -121,8 +121,12 @@ def history(mrn: str, filters: Filters = Filters()) -> peewee.ModelSelect:  # no
         query = query.where(InteractionVersion.outcome == filters.outcome)
     if filters.author:
         wanted = filters.author.strip()
-        if wanted.isdigit():
-            query = query.where(Interaction.author == int(wanted))
+        if wanted.isascii() and wanted.isdigit():  # "²" is a digit, but no number
+            number = int(wanted)
+            if number > 2**63 - 1:  # no user has that id (and the driver would overflow)
+                query = query.where(Interaction.id.is_null())
+            else:
+                query = query.where(Interaction.author == number)
         else:
             query = query.where(User.email == wanted.lower())
     if filters.from_:

@@ -31,13 +31,22 @@ OPTIONAL_TEXT = ("notes", "status_note")
 ALLOWED_WHITESPACE = {"\n", "\r", "\t"}
 
 
-def check_occurred_at(moment: datetime.datetime) -> None:
+def check_plausible(moment: datetime.datetime) -> None:
+    """Not before 1900, and not so near year 1 or 9999 that its offset overflows (the query
+    parameters ``from`` / ``to`` too: the database driver converts them to UTC)."""
     try:
-        moment = moment.astimezone(datetime.UTC)
+        utc = moment.astimezone(datetime.UTC)
     except OverflowError:
-        moment = None
-    if moment is None or moment < EARLIEST:
+        if moment.year > 1900:
+            raise ma.ValidationError("The time is too late: its offset overflows.") from None
+        utc = None
+    if utc is None or utc < EARLIEST:
         raise ma.ValidationError("The time cannot be before 1900-01-01.")
+
+
+def check_occurred_at(moment: datetime.datetime) -> None:
+    check_plausible(moment)
+    moment = moment.astimezone(datetime.UTC)
     if moment > utcnow() + CLOCK_SKEW:
         raise ma.ValidationError(
             "The time is in the future: an interaction is recorded once it has happened."

@@ -96,9 +96,15 @@ def aware_from_form(text: str) -> str:
         raise ValueError("Enter the time as YYYY-MM-DD HH:MM, e.g. 2024-11-20 08:30.") from None
     if moment.tzinfo is not None:
         return moment.isoformat()
+    if moment.year < 1900:  # near year 1 the zone's offset overflows
+        raise ValueError("The time cannot be before 1900-01-01.")
     zone = _zone()
     local = moment.replace(tzinfo=zone)
-    if local.astimezone(datetime.UTC).astimezone(zone).replace(tzinfo=None) != moment:
+    try:
+        round_trip = local.astimezone(datetime.UTC).astimezone(zone).replace(tzinfo=None)
+    except OverflowError:  # 9999-12-31 late in the evening, west of UTC
+        raise ValueError("The time is too late: its offset overflows.") from None
+    if round_trip != moment:
         raise ValueError(
             f"{text.replace('T', ' ')} does not exist in {zone.key}: the clocks were put "
             "forward then. Enter the time as the clock showed it."
@@ -326,7 +332,10 @@ def current_values(entry) -> dict[str, str]:
     }
 
 
-@pages.route("/patients/<mrn>/interactions/<int:interaction_id>/amend", methods=["GET", "POST"])
+@pages.route(
+    "/patients/<mrn>/interactions/<int(max=9223372036854775807):interaction_id>/amend",
+    methods=["GET", "POST"],
+)
 @allow("doctor")
 def amend(mrn: str, interaction_id: int):
     if request.method == "POST":
@@ -359,7 +368,7 @@ def amend(mrn: str, interaction_id: int):
 
 
 @pages.route(
-    "/patients/<mrn>/interactions/<int:interaction_id>/entered-in-error",
+    "/patients/<mrn>/interactions/<int(max=9223372036854775807):interaction_id>/entered-in-error",
     methods=["GET", "POST"],
 )
 @allow("doctor")
