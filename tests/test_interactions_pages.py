@@ -459,7 +459,9 @@ def test_the_section_shows_the_newest_and_links_to_the_whole_history(doctor, doc
         )
     html = doctor.get(SECTION).text
     assert len(re.findall(r'<li class="interaction ', html)) == 20
-    assert html.count("<circle") == 26  # the picture shows them all
+    assert html.count("<circle") == 26  # the picture shows them all (from a slim query)
+    assert re.search(r"<title>[^<]*: day 1</title>", html)  # the oldest, drawn but not listed
+    assert "13 healthy, 13 not healthy." in html
     assert "All 26 interactions" in html
     first = doctor.get(f"/patients/{MRN}/interactions").text
     assert "26 interactions, newest first." in first

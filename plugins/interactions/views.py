@@ -137,7 +137,7 @@ def picture(entries: list, now: datetime.datetime) -> dict:
 
 
 def _counts(entries: list) -> dict[str, int]:
-    valid = [entry for entry in entries if entry.error_mark is None]
+    valid = [entry for entry in entries if not entry.error_mark]
     return {
         outcome: sum(1 for entry in valid if entry.current.outcome == outcome)
         for outcome in OUTCOMES
@@ -149,8 +149,8 @@ def chart_section(mrn: str) -> str:
     patient = find_visible(user, mrn)
     if patient is None:  # the core answers 404 before this; never show another's record
         return '<p class="section-error">There is no such patient.</p>'
-    everything = records.entries(records.history(patient.mrn))
-    shown = everything[:SECTION_ENTRIES]
+    everything = records.points(patient.mrn)  # slim: the picture and the counts
+    shown = records.entries(records.history(patient.mrn).limit(SECTION_ENTRIES))
     return render_template(
         "interactions/chart_section.html",
         **helpers(),
