@@ -291,6 +291,15 @@ def test_form_times_are_hospital_time(make_app, users, patients):
     )
     assert gap.status_code == 422
     assert "does not exist in Europe/Berlin" in gap.text
+    # 02:30 on the last Sunday of October happened twice: refused, not guessed.
+    twice = post_form(
+        doctor, f"/patients/{MRN}/interactions/new", page, **form(occurred_at="2024-10-27T02:30")
+    )
+    assert twice.status_code == 422
+    assert "happened twice in Europe/Berlin" in twice.text
+    assert "2024-10-27T02:30+02:00" in twice.text and "2024-10-27T02:30+01:00" in twice.text
+    with database.connection_context():
+        assert InteractionVersion.select().count() == 1
     bad = post_form(
         doctor, f"/patients/{MRN}/interactions/new", page, **form(occurred_at="20.11.2024")
     )

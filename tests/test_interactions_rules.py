@@ -84,6 +84,19 @@ def test_notes_may_hold_line_breaks_and_tabs_but_the_summary_may_not():
     assert new(summary="BP 120/80\u00a0mmHg")["summary"] == "BP 120/80\u00a0mmHg"
 
 
+@pytest.mark.parametrize("character", ["\u202a", "\u202e", "\u2066", "\u2069", "\u2028", "\u2029"])
+def test_one_line_of_text_refuses_direction_controls_and_line_separators(character):
+    messages = errors_of(InteractionsNewSchema(), {"summary": f"Seen{character}gnorw"})
+    assert "text-direction controls" in " ".join(messages["summary"])
+    # Free text keeps them (a note may quote right-to-left text).
+    assert new(notes=f"a{character}b")["notes"] == f"a{character}b"
+
+
+def test_text_over_its_limit_is_named_for_its_length_only():
+    messages = errors_of(InteractionsNewSchema(), {"summary": "\x00" * 100_000})
+    assert messages["summary"] == ["Enter a summary of 1 to 200 characters."]
+
+
 def test_every_kind_and_outcome_is_accepted_and_nothing_else():
     for kind in ("visit", "ward_round", "phone_call", "video_call", "other"):
         assert new(kind=kind)["kind"] == kind

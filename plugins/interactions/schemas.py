@@ -53,15 +53,31 @@ def check_occurred_at(moment: datetime.datetime) -> None:
         )
 
 
-def _no_control_characters(multiline: bool):
+# In one line of text these reorder or break what a reader sees: the bidirectional
+# embeddings, overrides and isolates, and the Unicode line and paragraph separators.
+SINGLE_LINE_FORBIDDEN = frozenset(
+    [chr(code) for code in range(0x202A, 0x202F)]
+    + [chr(code) for code in range(0x2066, 0x206A)]
+    + ["\u2028", "\u2029"]
+)
+
+
+def _no_control_characters(multiline: bool, max_length: int):
     allowed = ALLOWED_WHITESPACE if multiline else set()
 
     def check(text: str) -> None:
+        if len(text) > max_length:
+            return  # the length check says what is wrong; no need to read a megabyte
         for character in text:
             if character in allowed:
                 continue
             if unicodedata.category(character) in ("Cc", "Cs"):  # controls, lone surrogates
                 raise ma.ValidationError("Must not contain control or invalid characters.")
+            if not multiline and character in SINGLE_LINE_FORBIDDEN:
+                raise ma.ValidationError(
+                    "Must not contain line separators or text-direction controls "
+                    f"(U+{ord(character):04X})."
+                )
 
     return check
 
@@ -72,7 +88,7 @@ def text(max_length: int, description: str, label: str, *, multiline=False, **op
             validate.Length(
                 max=max_length, error=f"The {label} can be at most {max_length} characters."
             ),
-            _no_control_characters(multiline),
+            _no_control_characters(multiline, max_length),
         ],
         metadata={"description": description},
         **options,
@@ -124,7 +140,7 @@ def summary_field(**options) -> fields.String:
                 max=SUMMARY_MAX_LENGTH,
                 error=f"Enter a summary of 1 to {SUMMARY_MAX_LENGTH} characters.",
             ),
-            _no_control_characters(multiline=False),
+            _no_control_characters(multiline=False, max_length=SUMMARY_MAX_LENGTH),
         ],
         metadata={
             "description": f"One line, at most {SUMMARY_MAX_LENGTH} characters.",
@@ -165,7 +181,7 @@ def reason_field() -> fields.String:
                 max=REASON_MAX_LENGTH,
                 error=f"Give a reason of 1 to {REASON_MAX_LENGTH} characters.",
             ),
-            _no_control_characters(multiline=True),
+            _no_control_characters(multiline=True, max_length=REASON_MAX_LENGTH),
         ],
         error_messages={"required": "Give a reason.", "null": "Give a reason."},
         metadata={"description": "Why: it stays in the record with your name and the time."},

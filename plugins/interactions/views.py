@@ -109,6 +109,16 @@ def aware_from_form(text: str) -> str:
             f"{text.replace('T', ' ')} does not exist in {zone.key}: the clocks were put "
             "forward then. Enter the time as the clock showed it."
         )
+    later = moment.replace(tzinfo=zone, fold=1)
+    if later.utcoffset() != local.utcoffset():
+        # The hour the clocks were put back happened twice: do not guess which.
+        shown = text.replace("T", " ")[:16]
+        raise ValueError(
+            f"{shown} happened twice in {zone.key}: the clocks were put back then. Give the "
+            f"time with its offset: {local.isoformat(timespec='minutes')} for the first "
+            f"{moment:%H:%M}, {later.isoformat(timespec='minutes')} for the second (or a "
+            "time outside that hour)."
+        )
     return local.isoformat()
 
 
