@@ -8,10 +8,10 @@ import peewee
 import pytest
 
 from core.auth.models import ApiToken, User
-from core.db import database, utcnow
+from core.db import database, is_sqlite, utcnow
 from core.testing import ROLE_PASSWORD, assert_migrations_create
 from plugins.interactions import plugin as interactions
-from plugins.interactions.models import Interaction, InteractionVersion
+from plugins.interactions.models import Interaction, InteractionErrorMark, InteractionVersion
 
 MRN = "MRN-2024.000123"
 OTHER_MRN = "MRN-2024.000999"
@@ -110,17 +110,42 @@ def test_migrations_create_the_models(app):
 
 def test_the_database_refuses_to_change_or_delete_a_record(app, doctor):
     created = record(doctor)
-    changes = {
-        Interaction: Interaction.update(created_at=utcnow()),
-        InteractionVersion: InteractionVersion.update(summary="rewritten"),
-    }
+    assert mark(doctor, created["id"]).status_code == 201
+    statements = [
+        Interaction.update(created_at=utcnow()),
+        Interaction.delete(),
+        InteractionVersion.update(summary="rewritten"),
+        InteractionVersion.delete(),
+        InteractionErrorMark.update(reason="rewritten"),
+        InteractionErrorMark.delete(),
+    ]
     with database.connection_context():
-        for model, update in changes.items():
-            for statement in (update, model.delete()):
+        for statement in statements:
+            with pytest.raises(peewee.DatabaseError, match="append-only"):
+                with database.atomic():
+                    statement.execute()
+        if is_sqlite():
+            # INSERT OR REPLACE deletes the row it replaces: the DELETE triggers fire too
+            # (recursive_triggers), so it cannot rewrite a version or a mark either.
+            for replace in (
+                "INSERT OR REPLACE INTO interactions_versions SELECT * FROM interactions_versions",
+                "INSERT OR REPLACE INTO interactions_error_marks "
+                "SELECT * FROM interactions_error_marks",
+            ):
                 with pytest.raises(peewee.DatabaseError, match="append-only"):
                     with database.atomic():
-                        statement.execute()
+                        database.execute_sql(replace)
+        else:
+            for table in ("interactions_versions", "interactions_error_marks"):
+                with pytest.raises(peewee.DatabaseError, match="append-only"):
+                    with database.atomic():
+                        database.execute_sql(f"TRUNCATE {table}")
+            with pytest.raises(peewee.DatabaseError):  # the trigger, or the foreign keys
+                with database.atomic():
+                    database.execute_sql("TRUNCATE interactions_entries")
         assert InteractionVersion.get().summary == created["summary"]
+        assert InteractionErrorMark.get().reason == "Written in the wrong patient's record"
+        assert Interaction.select().count() == 1
 
 
 # Recording ------------------------------------------------------------------------------------

@@ -457,6 +457,23 @@ def test_the_author_marks_an_entry_entered_in_error(doctor, doctor_api):
 # The history page -------------------------------------------------------------------------
 
 
+def test_the_form_posts_are_audited_as_amend_and_mark_in_error(doctor, doctor_api, client_for):
+    created = record(doctor_api)
+    base = f"/patients/{MRN}/interactions/{created['id']}"
+    page = doctor.get(f"{base}/amend").text
+    fields = form(occurred_at="2024-11-20T08:30", kind="visit", summary="Follow-up", notes="")
+    assert post_form(doctor, f"{base}/amend", page, **fields, reason="").status_code == 422
+    saved = post_form(doctor, f"{base}/amend", page, **fields, reason="Worse")
+    assert saved.status_code == 303
+    page = doctor.get(f"{base}/entered-in-error").text
+    assert post_form(doctor, f"{base}/entered-in-error", page, reason="dup").status_code == 303
+    rows = client_for("admin").get(f"/api/audit?patient={MRN}&page_size=100").json
+    seen = {(row["user"], row["action"], row["outcome"]) for row in rows}
+    assert ("doctor@example.org", "amend", "invalid") in seen
+    assert ("doctor@example.org", "amend", "allowed") in seen
+    assert ("doctor@example.org", "mark in error", "allowed") in seen
+
+
 def test_the_section_shows_the_newest_and_links_to_the_whole_history(doctor, doctor_api):
     for day in range(1, 27):
         outcome = "healthy" if day % 2 else "not_healthy"
