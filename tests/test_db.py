@@ -109,6 +109,11 @@ def _request_backend(app) -> int:
         return pid
 
 
+# Pools and servers that go away exist on PostgreSQL only; these run there (not skipped on
+# SQLite, which would count as a skip in CI).
+POSTGRESQL_ONLY = pytest.mark.parametrize("caredeck_database_url", ["postgresql"], indirect=True)
+
+
 def _terminate(url: str, pid: int) -> None:
     other = db.connect(url)
     try:
@@ -131,9 +136,8 @@ def test_postgresql_connections_are_pooled_and_bounded(caredeck_database_url):
     assert (given._max_connections, given._stale_timeout) == (3, 60)
 
 
+@POSTGRESQL_ONLY  # SQLite has no pool: a request opens the file
 def test_requests_give_their_connection_back_to_the_pool(app, caredeck_database_url):
-    if caredeck_database_url.startswith("sqlite"):
-        pytest.skip("SQLite has no pool: a request opens the file")
     first = _request_backend(app)
     assert database.is_closed()  # given back when the request ended
     assert _request_backend(app) == first  # and taken again by the next one
@@ -142,18 +146,16 @@ def test_requests_give_their_connection_back_to_the_pool(app, caredeck_database_
     assert database.is_closed()
 
 
+@POSTGRESQL_ONLY  # SQLite has no pool
 def test_a_connection_the_server_closed_is_replaced(app, caredeck_database_url):
-    if caredeck_database_url.startswith("sqlite"):
-        pytest.skip("SQLite has no pool")
     first = _request_backend(app)
     _terminate(caredeck_database_url, first)
     assert _request_backend(app) != first
     assert app.test_client().get("/readyz").json["backends"]["database"] == "ok"
 
 
+@POSTGRESQL_ONLY  # SQLite has no server to lose
 def test_readyz_reports_a_database_that_went_away(app, caredeck_database_url):
-    if caredeck_database_url.startswith("sqlite"):
-        pytest.skip("SQLite has no server to lose")
     pooled = database.obj
     _terminate(caredeck_database_url, _request_backend(app))  # the pool holds a dead one
     port = pooled.connect_params["port"]
