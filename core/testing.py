@@ -46,6 +46,23 @@ def service_url(service: str) -> str:
     pytest.skip(message)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ``CAREDECK_REQUIRE_SERVICES=1`` (CI) a skipped test fails: a suite must not
+    pass by skipping, whatever the reason for the skip."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and os.environ.get("CAREDECK_REQUIRE_SERVICES") == "1"
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped, but CAREDECK_REQUIRE_SERVICES=1 runs every test: {report.longrepr}"
+        )
+
+
 def reset_postgresql(url: str) -> None:
     """Drop everything in the test database's public schema."""
     from core.db import close_pool, connect
