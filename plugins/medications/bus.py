@@ -90,6 +90,9 @@ def store(events: Sequence[Event]) -> None:
         }
         for event in events
     ]
+    # In key order: two consumers inserting overlapping batches (redeliveries) in different
+    # orders deadlocked on the unique index (bench/medications.py); one order cannot.
+    rows.sort(key=lambda row: row["dedupe_key"])
     MedicationEvent.insert_many(rows).on_conflict_ignore().execute()
     # Events may name patients the registry has not seen yet: register them, so that
     # their chart and periods can be reached.
