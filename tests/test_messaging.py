@@ -6,7 +6,7 @@ import uuid
 import kombu
 import peewee
 import pytest
-from helpers import make_plugin
+from helpers import consume_everything, make_plugin
 
 from core.auth.models import User
 from core.messaging import REASON_HEADER, Consumer, QueueConsumer, Reject, connection
@@ -74,21 +74,6 @@ def waiting(conn, queue) -> int:
     return queue.bind(conn.default_channel).queue_declare(passive=True).message_count
 
 
-def drain(app, conn, queue, seconds=10):
-    """Run the consumer loop until ``queue`` is empty and nothing is in flight."""
-    consumer = Consumer(app, conn, [consumer_for(queue)])
-    deadline = time.monotonic() + seconds
-    with consumer.Consumer() as (connection, _, _):
-        while time.monotonic() < deadline:
-            try:
-                connection.drain_events(timeout=0.5)
-            except TimeoutError:
-                consumer.flush(force=True)
-                if waiting(conn, queue) == 0:
-                    return
-    raise AssertionError(f"{queue.name} was not drained within {seconds} s")
-
-
 def dead_letters(conn, dead_queue):
     """Everything on the dead-letter queue, undecoded: ``[(body bytes, reason)]``."""
     found = []
@@ -118,7 +103,7 @@ def exercise(app, conn, suffix=""):
         {"id": 3, "crash": True},
         raw=b"{not json",
     )
-    drain(app, conn, queue)
+    consume_everything(app)
     assert handled == [(1, 0)]
     dead = dead_letters(conn, dead_queue)
     assert len(dead) == 3
@@ -146,9 +131,9 @@ def test_the_embedded_filesystem_bus_works_across_connections(make_app):
     # names of its own.
     exchange, queue, dead_queue = topology(f".{uuid.uuid4().hex[:8]}")
     app = make_app(plugins={"labs": plugin(queue)}, AMQP_URL="filesystem://")
-    with connection(app) as publisher_side, connection(app) as consumer_side:
+    with connection(app) as publisher_side:
         publish(publisher_side, exchange, [queue, dead_queue], {"id": 7})
-        drain(app, consumer_side, queue)
+        consume_everything(app)  # on a connection of its own, as a consumer process has
     assert handled == [(7, 0)]
 
 

@@ -21,38 +21,22 @@ from plugins.interactions.models import (
     InteractionErrorMark,
     InteractionVersion,
 )
-from plugins.interactions.records import latest_number
+from plugins.interactions.records import with_latest_version
 
 
 def _ranked(mrns: Sequence[str] | None = None) -> peewee.ModelSelect:
     """Every valid entry's patient, time and outcome, ranked newest first per patient."""
-    query = (
-        Interaction.select(
-            Interaction.patient_mrn.alias("mrn"),
-            InteractionVersion.occurred_at.alias("occurred_at"),
-            InteractionVersion.outcome.alias("outcome"),
-            peewee.fn.ROW_NUMBER()
-            .over(
-                partition_by=[Interaction.patient_mrn],
-                order_by=[InteractionVersion.occurred_at.desc(), Interaction.id.desc()],
-            )
-            .alias("position"),
+    query = with_latest_version(
+        Interaction.patient_mrn.alias("mrn"),
+        InteractionVersion.occurred_at.alias("occurred_at"),
+        InteractionVersion.outcome.alias("outcome"),
+        peewee.fn.ROW_NUMBER()
+        .over(
+            partition_by=[Interaction.patient_mrn],
+            order_by=[InteractionVersion.occurred_at.desc(), Interaction.id.desc()],
         )
-        .join(
-            InteractionVersion,
-            on=(
-                (InteractionVersion.interaction == Interaction.id)
-                & (InteractionVersion.number == latest_number())
-            ),
-        )
-        .switch(Interaction)
-        .join(
-            InteractionErrorMark,
-            peewee.JOIN.LEFT_OUTER,
-            on=(InteractionErrorMark.interaction == Interaction.id),
-        )
-        .where(InteractionErrorMark.id.is_null())
-    )
+        .alias("position"),
+    ).where(InteractionErrorMark.id.is_null())
     if mrns is not None:
         query = query.where(Interaction.patient_mrn.in_(list(mrns)))
     return query

@@ -158,17 +158,11 @@ class Point:
     error_mark: bool  # marked entered in error
 
 
-def points(mrn: str) -> list[Point]:
-    """Every entry of the patient, slim (one query: no notes, authors or older versions)."""
-    rows = (
-        Interaction.select(
-            Interaction.id,
-            InteractionVersion.occurred_at,
-            InteractionVersion.kind,
-            InteractionVersion.summary,
-            InteractionVersion.outcome,
-            InteractionErrorMark.id,
-        )
+def with_latest_version(*columns) -> peewee.ModelSelect:
+    """``columns`` of every entry joined with its latest version and, if it has one, its
+    in-error mark (``InteractionErrorMark.id`` is null for an entry not in error)."""
+    return (
+        Interaction.select(*columns)
         .join(
             InteractionVersion,
             on=(
@@ -181,6 +175,20 @@ def points(mrn: str) -> list[Point]:
             InteractionErrorMark,
             peewee.JOIN.LEFT_OUTER,
             on=(InteractionErrorMark.interaction == Interaction.id),
+        )
+    )
+
+
+def points(mrn: str) -> list[Point]:
+    """Every entry of the patient, slim (one query: no notes, authors or older versions)."""
+    rows = (
+        with_latest_version(
+            Interaction.id,
+            InteractionVersion.occurred_at,
+            InteractionVersion.kind,
+            InteractionVersion.summary,
+            InteractionVersion.outcome,
+            InteractionErrorMark.id,
         )
         .where(Interaction.patient_mrn == mrn)
         .tuples()
