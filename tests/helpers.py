@@ -30,7 +30,7 @@ def consume_everything(app, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
     with messaging.connection(app) as conn:
         loop = messaging.Consumer(app, conn, state.consumers)
-        with loop.Consumer() as (connection, channel, _):
+        with loop.consumer_context() as (connection, channel, _):
             while time.monotonic() < deadline:
                 try:
                     connection.drain_events(timeout=0.2)

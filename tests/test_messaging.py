@@ -105,6 +105,7 @@ def exercise(app, conn, suffix=""):
     )
     consume_everything(app)
     assert handled == [(1, 0)]
+    assert waiting(conn, queue) == 0  # every message settled: none back from the closed channel
     dead = dead_letters(conn, dead_queue)
     assert len(dead) == 3
     reasons = dict((reason.split(":")[0], body) for body, reason in dead)
@@ -180,7 +181,7 @@ def test_a_database_outage_requeues_the_batch_instead_of_losing_it(make_app, mon
         publish(conn, exchange, [queue], {"id": 1}, {"id": 2})
         consumer = Consumer(app, conn, [entry])
         deadline = time.monotonic() + 10
-        with consumer.Consumer() as (bus, _, _):
+        with consumer.consumer_context() as (bus, _, _):
             while sorted(handled) != [(1, 0), (2, 0)] and time.monotonic() < deadline:
                 try:
                     bus.drain_events(timeout=0.2)
@@ -188,3 +189,55 @@ def test_a_database_outage_requeues_the_batch_instead_of_losing_it(make_app, mon
                     consumer.flush(force=True)
     assert sorted(handled) == [(1, 0), (2, 0)]  # delivered again after the outage, once each
     assert outages == [] and consumer.stored == 2 and consumer.dead_lettered == 0
+
+
+@pytest.mark.integration
+def test_one_queues_acknowledgement_never_settles_another_queues_held_batch(make_app, monkeypatch):
+    """A batch is acknowledged with one ``multiple`` ack only when nothing unsettled came
+    before it on the channel: here a held batch of one queue came first, and must still be
+    redelivered after the database fails it."""
+    monkeypatch.setattr("core.messaging.OUTAGE_BACKOFF_SECONDS", 0)
+    outages = [peewee.OperationalError("server closed the connection unexpectedly")]
+
+    def store_after_the_outage(bodies):
+        if outages:
+            raise outages.pop()
+        store(bodies)
+
+    held_exchange, held, _ = topology(f".held-{uuid.uuid4().hex[:8]}")
+    quick_exchange, quick, _ = topology(f".quick-{uuid.uuid4().hex[:8]}")
+    # One queue's batch waits (a minute, or a forced flush); the other stores each message.
+    waits = QueueConsumer(held, store_after_the_outage, batch_size=100, max_wait_seconds=60)
+    stores_at_once = QueueConsumer(quick, store, batch_size=1)
+    app = make_app(
+        plugins={"labs": make_plugin("labs", caredeck_consumers=lambda: [waits, stores_at_once])},
+        AMQP_URL=service_url("amqp"),
+    )
+
+    def drain_until(done, consumer, bus):
+        deadline = time.monotonic() + 10
+        while not done() and time.monotonic() < deadline:
+            try:
+                bus.drain_events(timeout=0.2)
+            except TimeoutError:
+                pass
+        assert done()
+
+    with connection(app) as conn:
+        try:
+            publish(conn, held_exchange, [held], {"id": 1}, {"id": 2})
+            consumer = Consumer(app, conn, [waits, stores_at_once])
+            with consumer.consumer_context() as (bus, _, _):
+                assert consumer.acks_many  # RabbitMQ honours "multiple"
+                drain_until(lambda: len(consumer.batches[id(waits)].entries) == 2, consumer, bus)
+                publish(conn, quick_exchange, [quick], {"id": 3}, {"id": 4})
+                drain_until(lambda: len(handled) == 2, consumer, bus)  # 3 and 4, acknowledged
+                consumer.flush(force=True)  # the held batch meets the outage: requeued
+                drain_until(lambda: len(handled) == 4 or consumer.flush(force=True), consumer, bus)
+            assert sorted(id_ for id_, _ in handled) == [1, 2, 3, 4]
+            assert waiting(conn, held) == 0 and waiting(conn, quick) == 0
+        finally:
+            channel = conn.default_channel
+            for queue, exchange in ((held, held_exchange), (quick, quick_exchange)):
+                queue.bind(channel).delete()
+                exchange.bind(channel).delete()
