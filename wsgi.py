@@ -1,5 +1,6 @@
 """WSGI entry point for production servers: ``gunicorn wsgi:app``."""
 
-from core.app import create_app
+from core.app import create_app, settle_heap
 
 app = create_app()
+settle_heap()

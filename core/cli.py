@@ -244,6 +244,9 @@ def serve(host: str, port: int, threads: int, demo: bool):
     if app.config["AMQP_URL"].startswith(("filesystem:", "memory:")):
         messaging.start_embedded_consumer(app, state.consumers)
     click.echo(f"Caredeck on http://{host}:{port}/ (database {redact(app.config['DATABASE_URL'])})")
+    from core.app import settle_heap  # (core.app imports this module's commands)
+
+    settle_heap()
     try:
         waitress.serve(app, host=host, port=port, threads=threads, ident="caredeck")
     finally:

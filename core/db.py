@@ -90,7 +90,8 @@ def connect(url: str) -> peewee.Database:
         )
     # JIT compilation pays off for long analytical queries; for the short queries of a web
     # request it costs more than the query (750 ms of an 830 ms worklist page, measured in
-    # bench/monitoring.py), so it is off for every connection.
+    # bench/monitoring.py), so it is off for every connection. Sessions run in UTC, so a
+    # query that turns a stored (naive UTC) time into timestamptz gets it back in UTC.
     scheme, _, rest = url.partition("://")
     given = db_url.parse(url)
     pool = {name: value for name, value in POOL_DEFAULTS.items() if name not in given}
@@ -99,7 +100,7 @@ def connect(url: str) -> peewee.Database:
     return db_url.connect(
         f"{scheme.removesuffix('+pool')}+pool://{rest}",
         autoconnect=True,
-        options="-c jit=off",
+        options="-c jit=off -c timezone=UTC",
         **pool,
     )
 

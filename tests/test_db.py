@@ -131,7 +131,10 @@ def test_postgresql_connections_are_pooled_and_bounded(caredeck_database_url):
     assert isinstance(pooled, PooledDatabase)
     assert pooled._max_connections == db.POOL_DEFAULTS["max_connections"]
     assert pooled._stale_timeout == db.POOL_DEFAULTS["stale_timeout"]
-    assert pooled.connect_params["options"] == "-c jit=off"
+    with pooled.connection_context():  # every session: no JIT, and UTC
+        assert pooled.execute_sql("SHOW jit").fetchone() == ("off",)
+        assert pooled.execute_sql("SHOW timezone").fetchone() == ("UTC",)
+    db.close_pool(pooled)
     given = db.connect(caredeck_database_url + "?max_connections=3&stale_timeout=60")
     assert (given._max_connections, given._stale_timeout) == (3, 60)
 

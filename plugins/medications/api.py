@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import marshmallow as ma
-from flask import request
+from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -181,7 +181,32 @@ class MedicationPeriods(MethodView):
         periods, anomalies = medication_history(
             patient.mrn, args.get("medication"), args.get("from_"), args.get("to")
         )
-        return {"patient_id": patient.mrn, "periods": periods, "anomalies": anomalies}
+        # Written out rather than dumped by the schema (which documents it): the schema took
+        # half of the answer's time for a patient with thousands of periods.
+        body = {
+            "patient_id": patient.mrn,
+            "periods": [
+                {
+                    "medication": period.medication,
+                    "start": period.start.isoformat(),
+                    "end": period.end and period.end.isoformat(),
+                }
+                for period in periods
+            ],
+            "anomalies": [
+                {
+                    "type": anomaly.type,
+                    "medication": anomaly.medication,
+                    "event_time": anomaly.event_time.isoformat(),
+                    "action": anomaly.action,
+                    "detail": anomaly.detail,
+                }
+                for anomaly in anomalies
+            ],
+        }
+        return current_app.response_class(
+            json.dumps(body, separators=(",", ":")), mimetype="application/json"
+        )
 
 
 @blp.route("/patients/<mrn>/medication-events")

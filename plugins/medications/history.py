@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-from collections.abc import Iterator
 
-from core.db import database
+from peewee import SQL, NodeList
+
+from core.db import database, is_sqlite
 from plugins.medications.models import MedicationEvent
 from plugins.medications.periods import Anomaly, Period, derive
 
@@ -22,42 +22,32 @@ def medication_history(
     The periods are derived from all of the patient's events (a period that began before
     ``start`` is still running at ``start``), then cut down to the window.
     """
+    moment = MedicationEvent.event_time
+    if not is_sqlite():
+        # Aware times straight from the driver: making 10,000 aware in Python took 10 ms.
+        moment = NodeList((moment, SQL("AT TIME ZONE 'UTC'")))
+    # Unordered: derive sorts in Python, where PostgreSQL's collation-aware sort of the
+    # medication names took three times the rest of the query.
     query = MedicationEvent.select(
-        MedicationEvent.medication, MedicationEvent.action, MedicationEvent.event_time
+        MedicationEvent.medication, MedicationEvent.action, moment
     ).where(MedicationEvent.patient_mrn == mrn)
     if medication is not None:
         query = query.where(MedicationEvent.medication == medication)
-    # Derived on naive UTC times as stored (fast); only the answer is made aware.
     periods, anomalies = derive(_events(query))
     if start is not None:
-        start = _naive_utc(start)
         periods = [p for p in periods if p.end is None or p.end >= start]
         anomalies = [a for a in anomalies if a.event_time >= start]
     if end is not None:
-        end = _naive_utc(end)
         periods = [p for p in periods if p.start <= end]
         anomalies = [a for a in anomalies if a.event_time <= end]
-    return (
-        [
-            dataclasses.replace(p, start=_aware(p.start), end=p.end and _aware(p.end))
-            for p in periods
-        ],
-        [dataclasses.replace(a, event_time=_aware(a.event_time)) for a in anomalies],
-    )
+    return periods, anomalies
 
 
-def _events(query) -> Iterator[tuple[str, str, datetime.datetime]]:
-    """The rows straight from the cursor, times naive UTC as stored: peewee's per-row
-    conversion would cost three times the query for a patient with 10,000 events."""
-    for medication, action, moment in database.execute(query):
-        if isinstance(moment, str):  # SQLite keeps times as text
-            moment = datetime.datetime.fromisoformat(moment)
-        yield medication, action, moment
-
-
-def _naive_utc(moment: datetime.datetime) -> datetime.datetime:
-    return moment.astimezone(datetime.UTC).replace(tzinfo=None)
-
-
-def _aware(moment: datetime.datetime) -> datetime.datetime:
-    return moment.replace(tzinfo=datetime.UTC)
+def _events(query) -> list[tuple[str, str, datetime.datetime]]:
+    """The rows straight from the cursor: peewee's per-row conversion would cost three
+    times the query for a patient with 10,000 events."""
+    rows = database.execute(query).fetchall()
+    if rows and isinstance(rows[0][2], str):  # SQLite keeps naive UTC times as text
+        utc = datetime.UTC
+        rows = [(m, a, datetime.datetime.fromisoformat(t).replace(tzinfo=utc)) for m, a, t in rows]
+    return rows

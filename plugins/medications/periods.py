@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -99,9 +98,18 @@ def _pair(
     """
     periods = []
     opened: datetime.datetime | None = None
-    for moment, group in itertools.groupby(kept, key=lambda item: item[0]):
-        actions = [action for _, action in group]
-        starts, stops = actions.count("start"), actions.count("stop")
+    index, count = 0, len(kept)
+    while index < count:
+        moment = kept[index][0]
+        after = index + 1
+        while after < count and kept[after][0] == moment:
+            after += 1
+        if after == index + 1:  # one event at this instant, the usual case
+            starts = int(kept[index][1] == "start")
+        else:
+            starts = sum(1 for _, action in kept[index:after] if action == "start")
+        stops = after - index - starts
+        index = after
         while starts or stops:
             if opened is not None and stops:
                 periods.append(Period(medication, opened, moment))
