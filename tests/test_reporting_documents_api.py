@@ -224,6 +224,14 @@ def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     assert files_in(app) == [] and not removals()
 
 
+def test_an_upload_that_outlived_its_grace_is_refused_and_leaves_nothing(app, nurse, monkeypatch):
+    monkeypatch.setattr(records, "UPLOAD_GRACE", -records.UPLOAD_GRACE)  # due at once
+    answer = upload(nurse)
+    assert answer.status_code == 409
+    assert "upload the file again" in answer.json["message"]
+    assert files_in(app) == [] and not removals() and not changes()
+
+
 def test_an_upload_that_died_half_way_is_swept_later(app, nurse):
     """A pending upload (the process died after storing) is removed by the sweep, but only
     once it can no longer be in progress."""
@@ -395,6 +403,9 @@ def test_download_streams_the_file_with_etag_and_headers(nurse):
     assert answer.headers["Content-Type"] == "application/pdf"
     assert answer.headers["Content-Disposition"] == 'attachment; filename="scan.pdf"'
     assert "sandbox" in answer.headers["Content-Security-Policy"]
+    head = nurse.head(f"/api/documents/{created['id']}/file")
+    assert (head.status_code, head.data) == (200, b"")
+    assert head.headers["Content-Length"] == str(len(CONTENT))
 
 
 def test_if_none_match_gives_304(nurse):
@@ -580,6 +591,36 @@ def test_the_sweep_finishes_removals_the_job_could_not(app, nurse, monkeypatch):
             "failed": 0,
         }
     assert files_in(app) == []
+
+
+def test_changes_between_two_times_for_the_weekly_report(app, nurse):
+    before = utcnow()
+    first = upload(nurse, study="A").json
+    upload(nurse, study="B")
+    nurse.patch(f"/api/documents/{first['id']}", json={"filename": "x.pdf"})
+    nurse.delete(f"/api/documents/{first['id']}")
+    after = utcnow()
+    with database.connection_context():
+        rows = list(records.changes_between(before, after, study="A"))
+        assert [(c.action, c.document_id) for c in rows] == [
+            ("created", first["id"]),
+            ("updated", first["id"]),
+            ("deleted", first["id"]),
+        ]
+        assert len(list(records.changes_between(before, after))) == 4
+        assert list(records.changes_between(after, after)) == []
+
+
+def test_the_change_log_is_append_only(app, nurse):
+    import peewee
+
+    upload(nurse)
+    with database.connection_context():
+        with pytest.raises(peewee.DatabaseError), database.atomic():
+            DocumentChange.update(by="someone@else").execute()
+        with pytest.raises(peewee.DatabaseError), database.atomic():
+            DocumentChange.delete().execute()
+        assert DocumentChange.select().count() == 1
 
 
 def test_the_remove_job_is_safe_to_run_twice(app, nurse):
