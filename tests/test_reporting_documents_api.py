@@ -224,6 +224,28 @@ def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     assert files_in(app) == [] and not removals()
 
 
+def test_a_store_that_is_down_is_a_clear_503_and_nothing_is_kept(app, nurse, monkeypatch):
+    from plugins.reporting.documents.storage import StoreError
+
+    created = upload(nurse).json
+    store = store_for(app)
+
+    def down(*args, **kwargs):
+        raise StoreError("the disk is full")
+
+    monkeypatch.setattr(store, "put", down)
+    answer = upload(nurse)
+    assert answer.status_code == 503
+    assert answer.json["message"].startswith("The file store is unavailable; nothing was")
+    monkeypatch.setattr(store, "open", down)
+    answer = nurse.get(f"/api/documents/{created['id']}/file")
+    assert answer.status_code == 503
+    assert "try the download again" in answer.json["message"]
+    with database.connection_context():
+        assert Document.select().count() == 1
+    assert not removals()
+
+
 def test_an_upload_that_outlived_its_grace_is_refused_and_leaves_nothing(app, nurse, monkeypatch):
     monkeypatch.setattr(records, "UPLOAD_GRACE", -records.UPLOAD_GRACE)  # due at once
     answer = upload(nurse)

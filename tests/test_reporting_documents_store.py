@@ -3,6 +3,7 @@ S3-compatible server (moto's server mode on 127.0.0.1, the ``s3_server`` fixture
 
 import hashlib
 import io
+import os
 import uuid
 
 import boto3
@@ -18,6 +19,7 @@ from plugins.reporting.documents.storage import (
     Missing,
     S3Store,
     Stored,
+    StoreError,
     TooLarge,
     from_url,
     store_for,
@@ -162,6 +164,25 @@ def test_a_stream_that_fails_half_way_leaves_nothing(store):
     with pytest.raises(ConnectionResetError):
         store.put("documents/broken", Broken(), "text/plain")
     assert leftovers(store) == []
+
+
+def test_an_unreachable_store_raises_store_error(tmp_path, s3_environment, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    store = S3Store(s3_environment)
+    for call in (
+        lambda: store.put("documents/a", io.BytesIO(b"x"), "text/plain"),
+        lambda: store.open("documents/a"),
+        lambda: store.size("documents/a"),
+        lambda: store.delete("documents/a"),
+    ):
+        with pytest.raises(StoreError) as raised:
+            call()
+        assert not isinstance(raised.value, Missing)
+    (tmp_path / "readonly").mkdir(mode=0o500)
+    local = LocalStore(tmp_path / "readonly")
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(StoreError):
+            local.put("documents/a", io.BytesIO(b"x"), "text/plain")
 
 
 def test_exactly_max_bytes_is_accepted(store):
