@@ -213,6 +213,28 @@ def test_an_upload_announced_far_over_the_limit_is_refused_before_reading(app, n
     assert files_in(app) == [] and not removals()
 
 
+@pytest.mark.parametrize(("size", "status"), [(4096, 201), (4097, 413), (200_000, 413)])
+def test_a_chunked_upload_without_content_length_is_held_to_the_limit(app, nurse, size, status):
+    from werkzeug.test import EnvironBuilder
+
+    # The test client always sends a Content-Length, so this calls the app directly.
+    app.config["REPORTING_UPLOAD_MAX_BYTES"] = 4096
+    body, boundary = _multipart([("file", "a.bin", None, b"x" * size)])
+    environ = EnvironBuilder(
+        "/api/documents", method="POST", environ_base=nurse.environ_base
+    ).get_environ()
+    # What a server passes on for a chunked request: no length, a stream it terminates.
+    environ.pop("CONTENT_LENGTH", None)
+    environ["CONTENT_TYPE"] = f"multipart/form-data; boundary={boundary}"
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["wsgi.input_terminated"] = True
+    answer = app.response_class.from_app(app, environ, buffered=True)
+    assert answer.status_code == status, answer.get_data()
+    if status == 413:
+        assert "4096 bytes" in answer.get_json()["message"]
+        assert files_in(app) == [] and not removals()
+
+
 def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
