@@ -120,14 +120,19 @@ def finish_upload(
 
 
 def abandon_upload(pending: DocumentFileRemoval) -> None:
-    """An upload failed: remove whatever it stored, now if possible, else later."""
+    """An upload failed: remove whatever it stored, now if possible, else later. Never
+    raises, so that the upload's own error is the one reported."""
     try:
         store().delete(pending.file_location)
     except Exception:
         log.warning("could not remove the file of a failed upload; retrying later", exc_info=True)
         _retry_later(pending)
         return
-    DocumentFileRemoval.delete().where(DocumentFileRemoval.id == pending.id).execute()
+    try:
+        DocumentFileRemoval.delete().where(DocumentFileRemoval.id == pending.id).execute()
+    except Exception:
+        # The file is gone; the sweep will find the removal and do nothing harmful.
+        log.warning("could not drop the pending removal %s", pending.id, exc_info=True)
 
 
 # Changes --------------------------------------------------------------------------------
