@@ -176,6 +176,7 @@ class _Checked:
     status: str  # ok, missing, corrupt
     detail: str = ""
     image: images.ImageFacts | None = None
+    image_seconds: float = 0.0  # spent decoding, hashing and thumbnailing
 
 
 def render_report(study: str | None, week: str, *, app=None) -> Rendered:
@@ -202,7 +203,8 @@ def render_report(study: str | None, week: str, *, app=None) -> Rendered:
 
     clock = time.perf_counter()
     checked = _check_files(app, facts["new_files"])
-    timings["files"] = time.perf_counter() - clock
+    timings["files"] = time.perf_counter() - clock  # reading, MD5 and images, in threads
+    timings["images_in_threads"] = sum(item.image_seconds for item in checked)
 
     clock = time.perf_counter()
     report = _assemble(study, week, zone, days, facts, checked)
@@ -229,7 +231,9 @@ def _connection() -> Iterator[None]:
         if database.is_closed():
             stack.enter_context(database.connection_context())
         stack.enter_context(database.atomic())
-        if not is_sqlite():  # SQLite's read transaction is a snapshot already (WAL)
+        # SQLite's read transaction is a snapshot already (WAL). Inside a caller's
+        # transaction the isolation level is theirs to choose (and can no longer be set).
+        if not is_sqlite() and database.transaction_depth() == 1:
             database.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
 
@@ -384,7 +388,9 @@ def _check_file(store, file: _NewFile, thumbnail: bool) -> _Checked:
             "for decoding"
         )
     else:
+        clock = time.perf_counter()
         facts = images.examine(bytes(buffer), thumbnail=thumbnail)
+        return _Checked(file, status, detail, facts, time.perf_counter() - clock)
     return _Checked(file, status, detail, facts)
 
 
