@@ -409,13 +409,18 @@ def test_user_data_comes_out_as_plain_text(app):
     library.add(
         "{{ 7*7 }} {% if 1 %}yes{% endif %}.pdf", b"y" * 10, at=local(2026, 10, 20), study="T2"
     )
-    (library.store.root / "test" / "1").unlink()  # listed with its name among missing files
-    (library.store.root / "test" / "2").unlink()
+    library.add("Müller – Größe.pdf", b"z" * 10, at=local(2026, 10, 20))
+    library.add("Пациент Ελλάδα.pdf", b"z" * 10, at=local(2026, 10, 20))
+    for key in ("1", "2", "3", "4"):  # each listed with its name among the missing files
+        (library.store.root / "test" / key).unlink()
 
     text = pdf_text(render_report(None, WEEK, app=app).pdf)
     assert "<script>alert(1)</script>.pdf" in text
     assert "{{ 7*7 }} {% if 1 %}yes{% endif %}.pdf" in text
     assert "<b>Trial</b> & co" in text
+    assert "Müller – Größe.pdf" in text
+    if render.report_font() == "DejaVuSans":  # installed (Debian: fonts-dejavu-core)
+        assert "Пациент Ελλάδα.pdf" in text
     scoped = pdf_text(render_report("<b>Trial</b> & co", WEEK, app=app).pdf)
     assert "<b>Trial</b> & co, week 2026-W43" in scoped
 

@@ -475,6 +475,7 @@ def _assemble(
         "sheet": sheet,
         "sheet_more": max(len(readable) - len(sheet), 0),
         "no_study": _NO_STUDY,
+        "font": report_font(),
     }
 
 
@@ -577,6 +578,48 @@ def _refuse_links(uri, rel) -> str | None:
         return None  # unchanged
     log.warning("reporting: the report referred to %.80r; not fetched", uri)
     return _BLANK
+
+
+# Helvetica, the PDF's built-in font, draws Latin-1 only: a file name in Cyrillic, Greek or
+# most of Central Europe's letters would come out as boxes. DejaVu Sans draws those; it is
+# used where the system has it (Debian: fonts-dejavu-core), else Helvetica.
+FONT_FILES = {
+    (0, 0): ("DejaVuSans.ttf",),
+    (1, 0): ("DejaVuSans-Bold.ttf",),
+}
+FONT_FOLDERS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu")
+_font: list[str] = []  # the chosen family, once found
+
+
+def report_font() -> str:
+    """The font family the report is set in: ``DejaVuSans`` if installed, else Helvetica."""
+    if _font:
+        return _font[0]
+    family = "Helvetica"
+    folder = next(
+        (Path(f) for f in FONT_FOLDERS if (Path(f) / FONT_FILES[(0, 0)][0]).is_file()), None
+    )
+    if folder is not None:
+        try:
+            from reportlab.lib.fonts import addMapping
+            from reportlab.pdfbase import pdfmetrics
+            from reportlab.pdfbase.ttfonts import TTFont
+            from xhtml2pdf import default
+
+            names = {}
+            for (bold, italic), (filename,) in FONT_FILES.items():
+                name = "DejaVuSans" + ("-Bold" if bold else "")
+                pdfmetrics.registerFont(TTFont(name, str(folder / filename)))
+                names[bold, italic] = name
+            for bold in (0, 1):
+                for italic in (0, 1):
+                    addMapping("DejaVuSans", bold, italic, names[bold, 0])
+            default.DEFAULT_FONT["dejavusans"] = "DejaVuSans"
+            family = "DejaVuSans"
+        except Exception:  # a broken font file costs the wider alphabet, not the report
+            log.warning("reporting: cannot use the fonts in %s", folder, exc_info=True)
+    _font.append(family)
+    return family
 
 
 def compile_pdf(html: str) -> bytes:
