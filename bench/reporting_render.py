@@ -100,10 +100,6 @@ def make_app(url: str, files: Path):
         plugin_objects={"reporting": reporting},
     )
     db.upgrade(app.extensions["caredeck"].migration_sources)
-    from plugins.reporting.documents.models import Document, DocumentChange
-
-    with db.database.connection_context():
-        db.database.create_tables([Document, DocumentChange], safe=True)
     return app
 
 
@@ -191,6 +187,7 @@ def generate(app, documents: int, images: int) -> dict:
             "content_type": row["content_type"],
             "size": row["size"],
             "md5": row["md5"],
+            "file_location": row["file_location"],
             "by": row["uploaded_by"],
         }
 

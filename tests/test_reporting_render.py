@@ -41,12 +41,7 @@ def caredeck_plugins():
 
 @pytest.fixture
 def app(make_app):
-    from plugins.reporting.documents.models import Document, DocumentChange
-
-    app = make_app(TIMEZONE="Europe/Berlin")
-    with database.connection_context():
-        database.create_tables([Document, DocumentChange], safe=True)
-    return app
+    return make_app(TIMEZONE="Europe/Berlin")
 
 
 def local(*args) -> datetime.datetime:
@@ -97,6 +92,7 @@ class Library:
                 "content_type": content_type,
                 "size": stored.size,
                 "md5": stored.md5,
+                "file_location": stored.location,
                 "by": "doctor@example.org",
             }
             DocumentChange.create(action="created", at=at, **snapshot)

@@ -183,6 +183,12 @@ def render_report(study: str | None, week: str, *, app=None) -> Rendered:
     """Render the weekly documents report of ``week`` (``"2026-W47"``, in the hospital's
     zone ``TIMEZONE``) for one ``study``, or for all studies when ``study`` is ``None``.
 
+    What counts, from the week's ``DocumentChange`` rows: a document deleted in the week is
+    *deleted* (even if it was also created in the week); else one created in the week is
+    *new* (even if also updated); else one changed in the week is *updated*. A document
+    counts under the study, type and size of its last change in the week, so one moved to
+    another study during the week shows in the study it ended in.
+
     Raises ``ValueError`` for a malformed week. A missing or corrupt file, or an image that
     cannot be decoded, is listed in the report rather than raised; an unreachable database
     or file store raises (the pipeline retries the job).
