@@ -135,8 +135,11 @@ LISTED_ROWS = 200  # rows per table or list in the PDF; the rest are counted
 LISTED_GROUP_MEMBERS = 12
 THUMBNAIL_POINTS = 72
 # Files are verified and images decoded by a few threads: hashlib and Pillow release the GIL
-# on large buffers, and an object store answers each read after a network round trip.
-WORKERS = 4
+# on large buffers, and an object store answers each read after a network round trip. Not
+# more than boto3's default connection pool (10) holds. Measured (bench/reporting_render.py,
+# 10,000 files): each S3 read costs this process about 1.8 ms of CPU in botocore, which
+# threads cannot share out: the floor of the file checks on S3 is about 18 s.
+WORKERS = 8
 CHUNK = 1024 * 1024
 TEMPLATE = "reporting/report.html"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
