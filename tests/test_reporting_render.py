@@ -433,3 +433,19 @@ def test_the_pdf_fetches_nothing():
     )
     pdf = render.compile_pdf(html)
     assert "ok" in pdf_text(pdf)
+
+
+def test_render_inside_a_callers_connection_and_transaction(app):
+    """A job may call the renderer with its own connection open, even inside a
+    transaction: the report's snapshot nests in it and leaves it open and usable."""
+    library = Library(app)
+    library.add("inside.pdf", b"i" * 10, at=local(2026, 10, 20))
+    with app.app_context(), database.connection_context():
+        database.execute_sql("SELECT 1")  # a connection that has been used, no transaction
+        assert render_report(None, WEEK).totals["new"] == 1
+        with database.atomic():
+            database.execute_sql("SELECT 1")  # the transaction has begun
+            rendered = render_report(None, WEEK)  # app from the context
+            assert database.execute_sql("SELECT 1").fetchone()[0] == 1
+        assert not database.is_closed()
+    assert rendered.totals["new"] == 1

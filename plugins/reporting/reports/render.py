@@ -239,10 +239,12 @@ def _connection() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if database.is_closed():
             stack.enter_context(database.connection_context())
+        # Inside a caller's transaction the isolation level is theirs (it can no longer be
+        # set, and peewee's savepoints do not count in transaction_depth()). SQLite's read
+        # transaction is a snapshot already (WAL).
+        ours = not database.in_transaction()
         stack.enter_context(database.atomic())
-        # SQLite's read transaction is a snapshot already (WAL). Inside a caller's
-        # transaction the isolation level is theirs to choose (and can no longer be set).
-        if not is_sqlite() and database.transaction_depth() == 1:
+        if ours and not is_sqlite():
             database.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
 
