@@ -585,6 +585,14 @@ def test_delete_removes_record_and_file_and_logs_what_it_held(app, nurse):
     )
 
 
+def test_a_deleted_documents_id_is_never_given_to_another(app, nurse):
+    """The change log names documents by id: the newest one deleted must not hand its id on
+    (SQLite reuses the highest rowid unless the key is AUTOINCREMENT)."""
+    first = upload(nurse).json["id"]
+    assert nurse.delete(f"/api/documents/{first}").status_code == 204
+    assert upload(nurse).json["id"] > first
+
+
 def test_a_delete_whose_file_removal_fails_at_first_is_finished_by_the_retried_job(
     app, nurse, monkeypatch
 ):

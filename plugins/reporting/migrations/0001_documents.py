@@ -2,6 +2,7 @@
 and DELETE on it)."""
 
 import peewee
+from playhouse.sqlite_ext import AutoIncrementField
 
 CHANGES = "reporting_document_changes"
 REFUSAL = "the document change log is append-only"
@@ -9,7 +10,11 @@ REFUSAL = "the document change log is append-only"
 
 def up(migrator, db):
     class Document(peewee.Model):
-        id = peewee.BigAutoField()
+        # A deleted document's id never comes back (the change log names it): SQLite reuses
+        # the highest rowid unless the key is AUTOINCREMENT; PostgreSQL's sequence never does.
+        id = (
+            AutoIncrementField() if isinstance(db, peewee.SqliteDatabase) else peewee.BigAutoField()
+        )
         filename = peewee.CharField(max_length=255)
         file_location = peewee.CharField(max_length=512, unique=True)
         size = peewee.BigIntegerField()
