@@ -10,6 +10,8 @@ from core.auth.models import ApiToken, User
 from core.db import database
 from core.patients.models import Patient
 from plugins.medications import plugin as medications
+from plugins.medications.api import ANSWERS
+from plugins.medications.history import AnswerCache
 from plugins.medications.models import MedicationEvent
 
 MRN = "MRN-2024.000123"  # a realistic identifier: letters, digits, '-' and '.'
@@ -218,6 +220,34 @@ def test_periods_and_anomalies_for_a_patient(app, doctor):
         f"/api/patients/{MRN}/medication-periods?from=2024-11-22T00:00:00Z&to=2024-11-21T00:00:00Z"
     )
     assert bad.status_code == 422 and "from" in bad.json["errors"]["query"]
+
+
+def test_a_kept_answer_is_given_only_while_the_events_are_unchanged(app, doctor):
+    app.extensions[ANSWERS] = answers = AnswerCache(max_bytes=2**20, min_bytes=0)
+    url = f"/api/patients/{MRN}/medication-periods"
+    doctor.post("/api/medication-events", json=[event("start", "2024-11-20T08:00:00+00:00")])
+    consume_everything(app)
+    first = doctor.get(url)
+    assert first.json["periods"][0]["end"] is None and len(answers._answers) == 1
+    assert doctor.get(url).data == first.data  # kept
+
+    # A stop that happened earlier than the newest stored event still changes the answer.
+    doctor.post("/api/medication-events", json=[event("stop", "2024-11-20T09:00:00+00:00")])
+    consume_everything(app)
+    assert doctor.get(url).json["periods"][0]["end"] == "2024-11-20T09:00:00+00:00"
+    filtered = doctor.get(url + "?medication=Morphine").json  # a request of its own
+    assert filtered["periods"] == [] and len(answers._answers) == 2
+
+
+def test_kept_answers_stay_within_their_bytes():
+    answers = AnswerCache(max_bytes=10, min_bytes=2)
+    answers.put(("a",), (1, 1), b"x")  # too small to be worth keeping
+    answers.put(("b",), (1, 1), b"bbbb")
+    answers.put(("c",), (1, 1), b"cccc")
+    assert answers.get(("b",), (1, 1)) == b"bbbb"  # now the most recently used
+    answers.put(("d",), (1, 1), b"dddd")  # over 10 bytes: the least recently used goes
+    assert [answers.get((key,), (1, 1)) for key in "abcd"] == [None, b"bbbb", None, b"dddd"]
+    assert answers.get(("b",), (2, 5)) is None  # another version of the events
 
 
 def test_a_patient_without_medication_gets_empty_lists(app, doctor):

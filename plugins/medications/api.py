@@ -15,7 +15,7 @@ from core.messaging import PublishError
 from core.patients.models import visible_or_404
 from plugins.medications import bus
 from plugins.medications.events import InvalidEvent, MedicationsEventSchema, parse
-from plugins.medications.history import medication_history
+from plugins.medications.history import AnswerCache, events_version, medication_history
 from plugins.medications.models import MedicationEvent
 
 blp = Blueprint(
@@ -27,6 +27,7 @@ blp = Blueprint(
 
 # A request holds at most this many events; larger loads go through `caredeck publish`.
 MAX_EVENTS_PER_REQUEST = 10_000
+ANSWERS = "medications_answers"  # the app's AnswerCache, in app.extensions
 # Retries of a lost bus connection within one request (about 5 s in all), before a 503.
 REQUEST_PUBLISH_RETRIES = 1
 
@@ -178,35 +179,48 @@ class MedicationPeriods(MethodView):
     def get(self, args, mrn):
         """The patient's medication periods and the anomalies found in the events."""
         patient = visible_or_404(mrn)
-        periods, anomalies = medication_history(
-            patient.mrn, args.get("medication"), args.get("from_"), args.get("to")
-        )
-        # Written out rather than dumped by the schema (which documents it): the schema took
-        # half of the answer's time for a patient with thousands of periods.
-        body = {
-            "patient_id": patient.mrn,
-            "periods": [
-                {
-                    "medication": period.medication,
-                    "start": period.start.isoformat(),
-                    "end": period.end and period.end.isoformat(),
-                }
-                for period in periods
-            ],
-            "anomalies": [
-                {
-                    "type": anomaly.type,
-                    "medication": anomaly.medication,
-                    "event_time": anomaly.event_time.isoformat(),
-                    "action": anomaly.action,
-                    "detail": anomaly.detail,
-                }
-                for anomaly in anomalies
-            ],
-        }
-        return current_app.response_class(
-            json.dumps(body, separators=(",", ":")), mimetype="application/json"
-        )
+        key = (patient.mrn, args.get("medication"), args.get("from_"), args.get("to"))
+        version = events_version(patient.mrn)
+        answers = current_app.extensions[ANSWERS]
+        answer = answers.get(key, version)
+        if answer is None:
+            answer = _history_answer(patient.mrn, *key[1:])
+            answers.put(key, version, answer)
+        return current_app.response_class(answer, mimetype="application/json")
+
+
+def keep_answers(app) -> None:
+    """Give ``app`` its cache of long histories' answers (64 KiB and up, about 650 periods;
+    64 MiB in all): one per app, as each app has a database of its own."""
+    app.extensions[ANSWERS] = AnswerCache(max_bytes=64 * 2**20, min_bytes=64 * 2**10)
+
+
+def _history_answer(mrn, medication, start, end) -> bytes:
+    """The answer's JSON, written out rather than dumped by the schema (which documents it):
+    the schema took half of the answer's time for a patient with thousands of periods."""
+    periods, anomalies = medication_history(mrn, medication, start, end)
+    body = {
+        "patient_id": mrn,
+        "periods": [
+            {
+                "medication": period.medication,
+                "start": period.start.isoformat(),
+                "end": period.end and period.end.isoformat(),
+            }
+            for period in periods
+        ],
+        "anomalies": [
+            {
+                "type": anomaly.type,
+                "medication": anomaly.medication,
+                "event_time": anomaly.event_time.isoformat(),
+                "action": anomaly.action,
+                "detail": anomaly.detail,
+            }
+            for anomaly in anomalies
+        ],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 @blp.route("/patients/<mrn>/medication-events")

@@ -82,6 +82,11 @@ def caredeck_cli_commands():
 
 
 @hookimpl
+def caredeck_startup(app):
+    api.keep_answers(app)
+
+
+@hookimpl
 def caredeck_demo():
     """The sample events' valid lines, stored directly (the demo needs no bus round trip)."""
     with SAMPLE_EVENTS.open(encoding="utf-8") as sample:
