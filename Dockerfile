@@ -37,6 +37,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH \
     CAREDECK_INSTANCE_PATH=/var/lib/caredeck/instance
+# DejaVu Sans: the report PDFs' font for file names beyond Latin-1 (else boxes).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-index --find-links /wheels caredeck gunicorn \
