@@ -1,0 +1,294 @@
+"""Benchmark of the weekly report's rendering (issue 7): ``render_report`` over one week of
+10,000 new documents, 500 of them images, on the local PostgreSQL.
+
+Generates, with a fixed seed, in the database named by ``--database-url`` (its ``public``
+schema is dropped and created; by default the render engineer's test database) and a file
+store in a temporary folder:
+
+- the week 2026-W47 (Europe/Berlin): ``--documents`` new documents over 20 studies, of which
+  ``--images`` are images (PNG and JPEG, 640 x 480 to 1600 x 1200, about 5 % of them
+  near-duplicates of another: re-encoded or resized), the others PDF, CSV or DOCX-typed
+  files of 1 KB to 2 MB; plus 1,000 older documents updated and 300 deleted in the week;
+- 20,000 documents of earlier weeks, so the week's queries have something to skip;
+- a few broken files: missing, corrupt, an undecodable image.
+
+Then renders the week for all studies (twice) and for one study, and prints the breakdown
+(queries, file reads with MD5 and images, assembly, PDF) on stderr and one JSON line on
+stdout. A benchmark, not a test: the exit status is 0 whatever the figures. Run::
+
+    .venv/bin/python bench/reporting_render.py [--documents 10000] [--images 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from PIL import Image, ImageDraw  # noqa: E402
+
+SEED = 20261122
+WEEK = "2026-W47"
+ZONE = ZoneInfo("Europe/Berlin")
+DEFAULT_URL = os.environ.get(
+    "CAREDECK_TEST_DATABASE_URL",
+    "postgresql://postgres@127.0.0.1:5432/caredeck_test_render",
+)
+STUDIES = [f"TRIAL-{n:03d}" for n in range(1, 21)]
+OTHER_TYPES = ["application/pdf", "text/csv", "application/vnd.openxmlformats-officedocument"]
+SIZES = [(640, 480), (800, 600), (800, 600), (800, 600), (1024, 768), (1600, 1200)]
+GOAL_S = 60
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def picture(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(14):
+        x, y = rng.randrange(size[0]), rng.randrange(size[1])
+        w, h = (
+            rng.randrange(size[0] // 16, size[0] // 3),
+            rng.randrange(size[1] // 16, size[1] // 3),
+        )
+        draw.ellipse([x, y, x + w, y + h], fill=tuple(rng.randrange(256) for _ in range(3)))
+    return image
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **({"quality": 85} if fmt == "JPEG" else {"compress_level": 1}))
+    return out.getvalue()
+
+
+def make_app(url: str, files: Path):
+    from core import db
+    from core.app import create_app
+    from core.testing import reset_postgresql
+    from plugins.reporting import plugin as reporting
+
+    reset_postgresql(url)
+    app = create_app(
+        {
+            "INSTANCE_PATH": str(files.parent / "instance"),
+            "DATABASE_URL": url,
+            "AMQP_URL": "memory://",
+            "DRAMATIQ_URL": "stub://",
+            "REDIS_URL": "memory://",
+            "SMTP_URL": f"file://{files.parent}/outbox",
+            "STORAGE_URL": f"file://{files}",
+            "SECRET_KEY": "bench-secret-key-that-is-long-enough-0123456789",
+            "TIMEZONE": str(ZONE),
+        },
+        plugin_objects={"reporting": reporting},
+    )
+    db.upgrade(app.extensions["caredeck"].migration_sources)
+    from plugins.reporting.documents.models import Document, DocumentChange
+
+    with db.database.connection_context():
+        db.database.create_tables([Document, DocumentChange], safe=True)
+    return app
+
+
+def generate(app, documents: int, images: int) -> dict:
+    """Files through the store, rows through the models, in batches."""
+    from core.db import database
+    from plugins.reporting.documents.models import Document, DocumentChange
+    from plugins.reporting.documents.storage import store_for
+    from plugins.reporting.reports.render import week_bounds
+
+    rng = random.Random(SEED)
+    store = store_for(app)
+    start, end = week_bounds(WEEK, ZONE)
+    span = (end - start).total_seconds()
+    earlier = start - datetime.timedelta(days=120)
+    counts = {"files_bytes": 0, "image_seconds": 0.0}
+
+    def put(key: str, data: bytes, content_type: str):
+        counts["files_bytes"] += len(data)
+        return store.put(key, io.BytesIO(data), content_type)
+
+    image_slots = set(rng.sample(range(documents), images))
+    made_images: list[Image.Image] = []
+    rows = []
+    for index in range(documents):
+        at = start + datetime.timedelta(seconds=rng.uniform(0, span - 1))
+        if index in image_slots:
+            clock = time.perf_counter()
+            if made_images and rng.random() < 0.05:  # a near-duplicate of an earlier one
+                image = rng.choice(made_images)
+                image = image.resize((image.width * 9 // 10, image.height * 9 // 10))
+            else:
+                image = picture(rng, rng.choice(SIZES))
+                if len(made_images) < 60:
+                    made_images.append(image)
+            fmt = rng.choice(["PNG", "JPEG"])
+            data = encode(image, fmt)
+            counts["image_seconds"] += time.perf_counter() - clock
+            content_type = f"image/{fmt.lower()}"
+            name = f"image-{index:05d}.{fmt.lower()}"
+        else:
+            size = min(int(rng.lognormvariate(9.5, 1.2)) + 1024, 2 * 1024 * 1024)
+            data = (os.urandom(64) * (size // 64 + 1))[:size]
+            content_type = rng.choice(OTHER_TYPES)
+            name = f"document-{index:05d}.bin"
+        stored = put(f"bench/{index:05d}", data, content_type)
+        rows.append(
+            {
+                "filename": name,
+                "file_location": stored.location,
+                "size": stored.size,
+                "md5": stored.md5,
+                "content_type": content_type,
+                "study": rng.choice(STUDIES),
+                "uploaded_by": "bench@example.org",
+                "created_at": at,
+                "updated_at": at,
+            }
+        )
+    # Older documents (rows only; their files are never read by the week's report).
+    old_rows = []
+    for index in range(20_000):
+        at = earlier + datetime.timedelta(seconds=rng.uniform(0, 100 * 86400))
+        old_rows.append(
+            {
+                "filename": f"old-{index:05d}.pdf",
+                "file_location": f"bench/old/{index:05d}",
+                "size": 1000 + index,
+                "md5": hashlib.md5(str(index).encode(), usedforsecurity=False).hexdigest(),
+                "content_type": "application/pdf",
+                "study": rng.choice(STUDIES),
+                "uploaded_by": "bench@example.org",
+                "created_at": at,
+                "updated_at": at,
+            }
+        )
+
+    def snapshot(document_id: int, row: dict, action: str, at) -> dict:
+        return {
+            "document_id": document_id,
+            "action": action,
+            "at": at,
+            "filename": row["filename"],
+            "study": row["study"],
+            "content_type": row["content_type"],
+            "size": row["size"],
+            "md5": row["md5"],
+            "by": row["uploaded_by"],
+        }
+
+    with database.connection_context(), database.atomic():
+        changes = []
+        old_ids = []
+        for batch in range(0, len(old_rows), 2000):
+            chunk = old_rows[batch : batch + 2000]
+            ids = Document.insert_many(chunk).returning(Document.id).tuples().execute()
+            for (document_id,), row in zip(ids, chunk, strict=True):
+                old_ids.append(document_id)
+                changes.append(snapshot(document_id, row, "created", row["created_at"]))
+        for batch in range(0, len(rows), 2000):
+            chunk = rows[batch : batch + 2000]
+            ids = Document.insert_many(chunk).returning(Document.id).tuples().execute()
+            for (document_id,), row in zip(ids, chunk, strict=True):
+                changes.append(snapshot(document_id, row, "created", row["created_at"]))
+        by_id = dict(zip(old_ids, old_rows, strict=True))
+        touched = rng.sample(old_ids, 1300)
+        for document_id in touched[:1000]:
+            at = start + datetime.timedelta(seconds=rng.uniform(0, span - 1))
+            changes.append(snapshot(document_id, by_id[document_id], "updated", at))
+        for document_id in touched[1000:]:
+            at = start + datetime.timedelta(seconds=rng.uniform(0, span - 1))
+            changes.append(snapshot(document_id, by_id[document_id], "deleted", at))
+        Document.delete().where(Document.id.in_(touched[1000:])).execute()
+        for batch in range(0, len(changes), 5000):
+            DocumentChange.insert_many(changes[batch : batch + 5000]).execute()
+        database.execute_sql("ANALYZE")
+
+    # A few broken files: two missing, two corrupt, one undecodable "image".
+    root = Path(app.config["STORAGE_URL"].removeprefix("file://"))
+    plain = [i for i in range(documents) if i not in image_slots]
+    for index in plain[:2]:
+        (root / f"bench/{index:05d}").unlink()
+    for index in plain[2:4]:
+        path = root / f"bench/{index:05d}"
+        data = bytearray(path.read_bytes())
+        data[0] ^= 0xFF
+        path.write_bytes(bytes(data))
+    broken = sorted(image_slots)[0]
+    (root / f"bench/{broken:05d}").write_bytes(b"\0" * (rows[broken]["size"]))
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--documents", type=int, default=10_000)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    args = parser.parse_args()
+
+    from core.db import close_pool, database
+    from plugins.reporting.reports import render
+
+    workdir = Path(tempfile.mkdtemp(prefix="caredeck-bench-render-"))
+    try:
+        app = make_app(args.database_url, workdir / "files")
+        clock = time.perf_counter()
+        generated = generate(app, args.documents, args.images)
+        generate_s = time.perf_counter() - clock
+        log(
+            f"generated {args.documents:,} documents ({args.images} images, "
+            f"{generated['files_bytes'] / 1e6:,.0f} MB) in {generate_s:.1f} s"
+        )
+        runs = {}
+        for label, study in (("all", None), ("all_again", None), ("one_study", STUDIES[0])):
+            clock = time.perf_counter()
+            rendered = render.render_report(study, WEEK, app=app)
+            total = time.perf_counter() - clock
+            runs[label] = {
+                "seconds": round(total, 2),
+                "breakdown": {k: round(v, 2) for k, v in rendered.timings.items()},
+                "pdf_bytes": len(rendered.pdf),
+                "totals": rendered.totals,
+            }
+            log(
+                f"{label}: {total:.2f} s "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in rendered.timings.items())
+                + f"; PDF {len(rendered.pdf) / 1e6:.2f} MB; {rendered.totals}"
+            )
+        close_pool(database.obj)
+        result = {
+            "benchmark": "reporting_render",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}",
+            "documents": args.documents,
+            "images": args.images,
+            "workers": render.WORKERS,
+            "generate_seconds": round(generate_s, 1),
+            "runs": runs,
+            "goal_seconds": GOAL_S,
+            "goal_met": runs["all"]["seconds"] < GOAL_S,
+        }
+        print(json.dumps(result))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,603 @@
+"""The weekly documents report: aggregate one ISO week of the documents store for one scope
+(one study, or all studies) and compile it to a PDF.
+
+``render_report(study, week)`` is called once per scope and week by the report pipeline,
+whatever the number of recipients. It reads:
+
+- the database, in one read-only snapshot: the week's changes (``DocumentChange``) reduced to
+  one row per document, then counted and summed per study and content type by the database
+  (a few ``GROUP BY`` queries, whatever the number of documents);
+- the file store: every new file is streamed once to re-verify its MD5 (missing and corrupt
+  files are listed), and the images among them are decoded safely for their dimensions, a
+  contact sheet and near-duplicate detection (``images.py``);
+
+and draws a chart of uploads per day (``chart.py``) before compiling the HTML template
+``reporting/report.html`` (autoescaped: file names and studies are user data) with xhtml2pdf,
+which may fetch nothing: images are embedded as ``data:`` URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import io
+import logging
+import re
+import time
+import zoneinfo
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+from peewee import SQL, Case, fn
+
+from core.db import database, is_sqlite
+from plugins.reporting.reports import chart, images
+
+log = logging.getLogger(__name__)
+
+# ISO weeks ----------------------------------------------------------------------------
+#
+# A week runs from Monday 00:00 to the next Monday 00:00 *local* time, so a week holding a
+# daylight-saving change lasts 167 or 169 hours: bounds are built from local dates and only
+# then turned into instants, never by adding 7 x 24 hours to an instant.
+
+_WEEK = re.compile(r"(\d{4})-W(\d{2})")
+
+
+def _zone(timezone: str | datetime.tzinfo) -> datetime.tzinfo:
+    return zoneinfo.ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+
+
+def parse_week(week: str) -> tuple[int, int]:
+    """``"2026-W47"`` -> ``(2026, 47)``; a ``ValueError`` naming the text otherwise."""
+    match = _WEEK.fullmatch(week) if isinstance(week, str) else None
+    if match:
+        year, number = int(match[1]), int(match[2])
+        try:
+            datetime.date.fromisocalendar(year, number, 1)
+        except ValueError:
+            match = None
+    if not match:
+        raise ValueError(
+            f"{week!r} is not an ISO week: write it as YYYY-Www, such as 2026-W47 "
+            "(weeks 01 to 52, or 53 in a year that has one)"
+        )
+    return year, number
+
+
+def format_week(day: datetime.date) -> str:
+    """The ISO week holding the date ``day``, as ``YYYY-Www``."""
+    year, number, _ = day.isocalendar()
+    return f"{year:04d}-W{number:02d}"
+
+
+def week_monday(week: str) -> datetime.date:
+    """The Monday (a date) that starts ``week``."""
+    year, number = parse_week(week)
+    return datetime.date.fromisocalendar(year, number, 1)
+
+
+def day_bounds(week: str, timezone: str | datetime.tzinfo) -> list[datetime.datetime]:
+    """The eight local midnights from Monday 00:00 of ``week`` to the next Monday 00:00 in
+    ``timezone``, as aware UTC datetimes.
+
+    UTC because Python subtracts two datetimes of the same zone by wall clock: in local
+    time the week of an autumn change would seem 7 x 24 hours long, not 169. (Where a zone
+    skips midnight, zoneinfo's ``fold=0`` reading gives the day's first instant that exists.)
+    """
+    monday = week_monday(week)
+    zone = _zone(timezone)
+    return [
+        datetime.datetime.combine(
+            monday + datetime.timedelta(days=i), datetime.time(0), zone
+        ).astimezone(datetime.UTC)
+        for i in range(8)
+    ]
+
+
+def week_bounds(
+    week: str, timezone: str | datetime.tzinfo
+) -> tuple[datetime.datetime, datetime.datetime]:
+    """``(start, end)``: Monday 00:00 and the next Monday 00:00 local time in ``timezone``,
+    as aware UTC datetimes; the week holds the instants ``start <= t < end``."""
+    bounds = day_bounds(week, timezone)
+    return bounds[0], bounds[-1]
+
+
+def week_of(moment: datetime.datetime, timezone: str | datetime.tzinfo) -> str:
+    """The ISO week that holds the aware ``moment`` in ``timezone``."""
+    if moment.tzinfo is None:
+        raise ValueError("week_of needs an aware datetime: a naive one is ambiguous")
+    return format_week(moment.astimezone(_zone(timezone)).date())
+
+
+def previous_week(week: str) -> str:
+    """The ISO week before ``week`` (``"2026-W01"`` -> ``"2025-W53"`` or ``"2025-W52"``)."""
+    return format_week(week_monday(week) - datetime.timedelta(days=7))
+
+
+def last_full_week(moment: datetime.datetime, timezone: str | datetime.tzinfo) -> str:
+    """The last week that had ended by ``moment`` in ``timezone``: what a weekly report
+    sent at ``moment`` covers."""
+    return previous_week(week_of(moment, timezone))
+
+
+# The report ---------------------------------------------------------------------------
+
+CONTACT_SHEET_IMAGES = 48  # thumbnails drawn; the rest are counted ("and N more")
+LISTED_ROWS = 200  # rows per table or list in the PDF; the rest are counted
+LISTED_GROUP_MEMBERS = 12
+THUMBNAIL_POINTS = 72
+# Files are verified and images decoded by a few threads: hashlib and Pillow release the GIL
+# on large buffers, and an object store answers each read after a network round trip.
+WORKERS = 4
+CHUNK = 1024 * 1024
+TEMPLATE = "reporting/report.html"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+_NO_STUDY = "(no study)"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A compiled weekly report. ``totals`` holds (ints): ``new``, ``updated``, ``deleted``,
+    ``new_bytes``, ``updated_bytes``, ``deleted_bytes``, ``verified`` (new files whose MD5
+    matched), ``missing``, ``corrupt``, ``images`` (new images examined), ``unreadable``
+    (images that could not be decoded), ``near_duplicates`` (images in a near-duplicate
+    group), ``near_duplicate_groups``."""
+
+    pdf: bytes
+    study: str | None
+    week: str
+    totals: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict, compare=False)  # seconds per stage
+
+
+@dataclass(frozen=True)
+class _NewFile:
+    id: int
+    filename: str
+    study: str | None
+    content_type: str
+    size: int
+    md5: str
+    location: str
+    created_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class _Checked:
+    file: _NewFile
+    status: str  # ok, missing, corrupt
+    detail: str = ""
+    image: images.ImageFacts | None = None
+    image_seconds: float = 0.0  # spent decoding, hashing and thumbnailing
+
+
+def render_report(study: str | None, week: str, *, app=None) -> Rendered:
+    """Render the weekly documents report of ``week`` (``"2026-W47"``, in the hospital's
+    zone ``TIMEZONE``) for one ``study``, or for all studies when ``study`` is ``None``.
+
+    Raises ``ValueError`` for a malformed week. A missing or corrupt file, or an image that
+    cannot be decoded, is listed in the report rather than raised; an unreachable database
+    or file store raises (the pipeline retries the job).
+    """
+    if app is None:
+        from flask import current_app
+
+        app = current_app._get_current_object()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    parse_week(week)
+    zone = zoneinfo.ZoneInfo(app.config.get("TIMEZONE") or "UTC")
+    days = day_bounds(week, zone)
+
+    with _connection():
+        facts = _aggregate(study, days)
+    timings["queries"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    checked = _check_files(app, facts["new_files"])
+    timings["files"] = time.perf_counter() - clock  # reading, MD5 and images, in threads
+    timings["images_in_threads"] = sum(item.image_seconds for item in checked)
+
+    clock = time.perf_counter()
+    report = _assemble(study, week, zone, days, facts, checked)
+    timings["assemble"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    pdf = compile_pdf(render_html(report))
+    timings["pdf"] = time.perf_counter() - clock
+    log.info(
+        "reporting: rendered %s for %s: %s in %s",
+        week,
+        study if study is not None else "all studies",
+        report["totals"],
+        {stage: round(seconds, 3) for stage, seconds in timings.items()},
+    )
+    return Rendered(pdf=pdf, study=study, week=week, totals=report["totals"], timings=timings)
+
+
+@contextlib.contextmanager
+def _connection() -> Iterator[None]:
+    """One read-only snapshot for every query of the report, on a connection of its own
+    unless the caller (a request, a job) already holds one."""
+    with contextlib.ExitStack() as stack:
+        if database.is_closed():
+            stack.enter_context(database.connection_context())
+        stack.enter_context(database.atomic())
+        # SQLite's read transaction is a snapshot already (WAL). Inside a caller's
+        # transaction the isolation level is theirs to choose (and can no longer be set).
+        if not is_sqlite() and database.transaction_depth() == 1:
+            database.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _aggregate(study: str | None, days: list[datetime.datetime]) -> dict:
+    """Everything the report needs from the database, by a few grouped queries."""
+    from plugins.reporting.documents.models import Document, DocumentChange
+
+    change = DocumentChange
+    start, end = days[0], days[-1]
+    # One row per document changed in the week: was it created, was it deleted, and which
+    # change is its last (whose snapshot says its study, type and size at the week's end).
+    per_document = (
+        change.select(
+            change.document_id.alias("document_id"),
+            fn.MAX(Case(None, [(change.action == "created", 1)], 0)).alias("created"),
+            fn.MAX(Case(None, [(change.action == "deleted", 1)], 0)).alias("deleted"),
+            fn.MAX(change.id).alias("last_id"),
+        )
+        .where(change.at >= start, change.at < end)
+        .group_by(change.document_id)
+        .alias("per_document")
+    )
+    last = change.alias("last")
+    in_scope = (last.study == study) if study is not None else SQL("1 = 1")
+
+    groups = (
+        last.select(
+            per_document.c.created,
+            per_document.c.deleted,
+            last.study,
+            last.content_type,
+            fn.COUNT(SQL("*")).alias("count"),
+            fn.COALESCE(fn.SUM(last.size), 0).alias("bytes"),
+        )
+        .join(per_document, on=(last.id == per_document.c.last_id))
+        .where(in_scope)
+        .group_by(per_document.c.created, per_document.c.deleted, last.study, last.content_type)
+        .tuples()
+    )
+    # kind -> (study, content type) -> [count, bytes]
+    by_kind: dict[str, dict[tuple, list[int]]] = {
+        "new": defaultdict(lambda: [0, 0]),
+        "updated": defaultdict(lambda: [0, 0]),
+        "deleted": defaultdict(lambda: [0, 0]),
+    }
+    for created, deleted, row_study, content_type, count, total in groups:
+        kind = "deleted" if deleted else "new" if created else "updated"
+        cell = by_kind[kind][(row_study, content_type or "")]
+        cell[0] += int(count)
+        cell[1] += int(total or 0)
+
+    # Uploads per local day: the creation time of each document that counts as new.
+    created = change.alias("created_change")
+    day = Case(None, [(created.at < bound, index) for index, bound in enumerate(days[1:])], 6)
+    per_day = [0] * 7
+    day_rows = (
+        created.select(day.alias("day"), fn.COUNT(SQL("*")).alias("count"))
+        .join(per_document, on=(created.document_id == per_document.c.document_id))
+        .join(last, on=(last.id == per_document.c.last_id))
+        .where(
+            created.action == "created",
+            created.at >= start,
+            created.at < end,
+            per_document.c.deleted == 0,
+            in_scope,
+        )
+        .group_by(SQL("1"))
+        .tuples()
+    )
+    for index, count in day_rows:
+        per_day[int(index)] += int(count)
+
+    # The new documents still in the store, for the file checks and the images.
+    new_ids = (
+        last.select(per_document.c.document_id)
+        .join(per_document, on=(last.id == per_document.c.last_id))
+        .where(per_document.c.created == 1, per_document.c.deleted == 0, in_scope)
+    )
+    document = Document
+    new_files = [
+        _NewFile(*row)
+        for row in document.select(
+            document.id,
+            document.filename,
+            document.study,
+            document.content_type,
+            document.size,
+            document.md5,
+            document.file_location,
+            document.created_at,
+        )
+        .where(document.id.in_(new_ids))
+        .order_by(document.created_at, document.id)
+        .tuples()
+        .iterator()
+    ]
+    return {"by_kind": by_kind, "per_day": per_day, "new_files": new_files}
+
+
+def _check_files(app, files: list[_NewFile]) -> list[_Checked]:
+    """Stream each new file once: verify its size and MD5, and examine it if it is an
+    image (the first ``CONTACT_SHEET_IMAGES`` images also get a thumbnail)."""
+    from plugins.reporting.documents.storage import store_for
+
+    store = store_for(app)
+    thumbnails = set()
+    for file in files:
+        if len(thumbnails) >= CONTACT_SHEET_IMAGES:
+            break
+        if _is_image(file.content_type):
+            thumbnails.add(file.id)
+    if not files:
+        return []
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="report-files") as pool:
+        return list(pool.map(lambda file: _check_file(store, file, file.id in thumbnails), files))
+
+
+def _is_image(content_type: str | None) -> bool:
+    return (content_type or "").lower().startswith("image/")
+
+
+def _check_file(store, file: _NewFile, thumbnail: bool) -> _Checked:
+    from plugins.reporting.documents.storage import Missing
+
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    keep = _is_image(file.content_type)
+    buffer = bytearray() if keep else None
+    try:
+        for chunk in store.open(file.location):
+            digest.update(chunk)
+            size += len(chunk)
+            if buffer is not None:
+                if size > images.MAX_IMAGE_BYTES:
+                    buffer = None  # still hashed to the end, never decoded
+                else:
+                    buffer += chunk
+    except Missing:
+        return _Checked(file, "missing", "the file is not in the store")
+    if size != file.size:
+        status, detail = "corrupt", f"{size:,} bytes in the store, {file.size:,} recorded"
+    elif digest.hexdigest() != (file.md5 or "").lower():
+        status, detail = "corrupt", f"MD5 {digest.hexdigest()}, {file.md5} recorded"
+    else:
+        status, detail = "ok", ""
+    if not keep:
+        return _Checked(file, status, detail)
+    if buffer is None:
+        facts = images.ImageFacts(
+            unreadable=f"{size:,} bytes is over the {images.MAX_IMAGE_BYTES:,}-byte limit "
+            "for decoding"
+        )
+    else:
+        clock = time.perf_counter()
+        facts = images.examine(bytes(buffer), thumbnail=thumbnail)
+        return _Checked(file, status, detail, facts, time.perf_counter() - clock)
+    return _Checked(file, status, detail, facts)
+
+
+def _assemble(
+    study: str | None,
+    week: str,
+    zone: zoneinfo.ZoneInfo,
+    days: list[datetime.datetime],
+    facts: dict,
+    checked: list[_Checked],
+) -> dict:
+    """The template's context: totals, tables, problems, images, chart."""
+    by_kind = facts["by_kind"]
+    totals = {}
+    for kind, cells in by_kind.items():
+        totals[kind] = sum(count for count, _ in cells.values())
+        totals[f"{kind}_bytes"] = sum(total for _, total in cells.values())
+
+    problems = [item for item in checked if item.status != "ok"]
+    totals["verified"] = sum(item.status == "ok" for item in checked)
+    totals["missing"] = sum(item.status == "missing" for item in checked)
+    totals["corrupt"] = sum(item.status == "corrupt" for item in checked)
+
+    examined = [item for item in checked if item.image is not None]
+    readable = [item for item in examined if item.image.unreadable is None]
+    unreadable = [item for item in examined if item.image.unreadable is not None]
+    groups = images.near_duplicate_groups({item.file.id: item.image.dhash for item in readable})
+    by_id = {item.file.id: item for item in readable}
+    totals["images"] = len(examined)
+    totals["unreadable"] = len(unreadable)
+    totals["near_duplicates"] = sum(len(group) for group in groups)
+    totals["near_duplicate_groups"] = len(groups)
+
+    monday = week_monday(week)
+    dates = [monday + datetime.timedelta(days=i) for i in range(7)]
+    labels = [f"{day:%a} {day.day}" for day in dates]
+    chart_png = chart.bar_chart(labels, facts["per_day"])
+    sheet = [
+        {
+            "filename": item.file.filename,
+            "width": item.image.width,
+            "height": item.image.height,
+            # printed size in points, the longer side THUMBNAIL_POINTS
+            "print_width": round(THUMBNAIL_POINTS * item.image.width / _longer(item.image)),
+            "print_height": round(THUMBNAIL_POINTS * item.image.height / _longer(item.image)),
+            "src": _data_uri("image/jpeg", item.image.thumbnail),
+        }
+        for item in readable
+        if item.image.thumbnail is not None
+    ]
+    return {
+        "week": week,
+        "study": study,
+        "zone": str(zone),
+        "first_day": dates[0],
+        "last_day": dates[6],
+        "generated_at": datetime.datetime.now(zone),
+        "totals": totals,
+        "kinds": [
+            {
+                "name": kind,
+                "by_study": _table(by_kind[kind], lambda key: key[0]),
+                "by_type": _table(by_kind[kind], lambda key: key[1]),
+            }
+            for kind in ("new", "updated", "deleted")
+        ],
+        "per_day": list(zip(labels, facts["per_day"], strict=True)),
+        "chart": _data_uri("image/png", chart_png),
+        "problems": problems[:LISTED_ROWS],
+        "problems_more": max(len(problems) - LISTED_ROWS, 0),
+        "unreadable": unreadable[:LISTED_ROWS],
+        "unreadable_more": max(len(unreadable) - LISTED_ROWS, 0),
+        "dimensions": _dimensions(readable),
+        "groups": [
+            {
+                "members": [by_id[key] for key in group[:LISTED_GROUP_MEMBERS]],
+                "more": max(len(group) - LISTED_GROUP_MEMBERS, 0),
+            }
+            for group in groups[:LISTED_ROWS]
+        ],
+        "groups_more": max(len(groups) - LISTED_ROWS, 0),
+        "sheet": sheet,
+        "sheet_more": max(len(readable) - len(sheet), 0),
+        "no_study": _NO_STUDY,
+    }
+
+
+def _longer(facts: images.ImageFacts) -> int:
+    return max(facts.width or 1, facts.height or 1, 1)
+
+
+def _table(cells: dict[tuple, list[int]], key) -> dict:
+    """Rows ``(name, count, bytes)`` grouped by ``key`` of (study, type), most first."""
+    merged: dict = defaultdict(lambda: [0, 0])
+    for cell_key, (count, total) in cells.items():
+        row = merged[key(cell_key)]
+        row[0] += count
+        row[1] += total
+    rows = sorted(
+        ((name, count, total) for name, (count, total) in merged.items()),
+        key=lambda row: (-row[1], "" if row[0] is None else str(row[0])),
+    )
+    return {"rows": rows[:LISTED_ROWS], "more": max(len(rows) - LISTED_ROWS, 0)}
+
+
+def _dimensions(readable: list[_Checked]) -> dict:
+    if not readable:
+        return {}
+    areas = sorted(item.image.width * item.image.height for item in readable)
+    widest = max(readable, key=lambda item: item.image.width * item.image.height).image
+    return {
+        "smallest": min(
+            (item.image for item in readable), key=lambda facts: facts.width * facts.height
+        ),
+        "largest": widest,
+        "median_megapixels": areas[len(areas) // 2] / 1_000_000,
+        "formats": sorted(
+            _count(item.image.format or "?" for item in readable).items(),
+            key=lambda pair: (-pair[1], pair[0]),
+        ),
+    }
+
+
+def _count(values) -> dict:
+    counts: dict = defaultdict(int)
+    for value in values:
+        counts[value] += 1
+    return counts
+
+
+def _data_uri(content_type: str, data: bytes) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# HTML and PDF -------------------------------------------------------------------------
+
+
+def human_bytes(value: int) -> str:
+    """``1536`` -> ``"1.5 KB"`` (binary multiples, as file managers show them)."""
+    size = float(value)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{int(size):,} bytes" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    # Every value is escaped: file names and study names are whatever users typed.
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_environment.filters["bytes"] = human_bytes
+
+
+def shorten(text: str, width: int = 40) -> str:
+    """Keep the start and the end (the extension) of a long name."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    return text[: width - 12] + "\u2026" + text[-11:]
+
+
+_environment.filters["shorten"] = shorten
+
+
+def render_html(context: dict) -> str:
+    """The report's HTML (``reporting/report.html``), ready for xhtml2pdf."""
+    return _environment.get_template(TEMPLATE).render(**context)
+
+
+# A transparent 1 x 1 GIF: what any reference but an embedded data: URI turns into.
+_BLANK = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+
+
+def _refuse_links(uri, rel) -> str | None:
+    """xhtml2pdf's link_callback: only the ``data:`` URIs the report embeds resolve; any
+    other reference (a URL, a local path) becomes a blank image, so rendering fetches
+    nothing (the resource policy below refuses them too)."""
+    if isinstance(uri, str) and uri.startswith("data:"):
+        return None  # unchanged
+    log.warning("reporting: the report referred to %.80r; not fetched", uri)
+    return _BLANK
+
+
+def compile_pdf(html: str) -> bytes:
+    """Compile the report's HTML to PDF bytes; a failure raises ``RuntimeError``."""
+    from xhtml2pdf import pisa
+    from xhtml2pdf.config.resources import ResourceAccessPolicy
+
+    policy = ResourceAccessPolicy.server(
+        None,  # no local folder may be read
+        allow_remote=False,
+        max_render_seconds=600,
+        max_document_bytes=64 * 1024 * 1024,
+    )
+    out = io.BytesIO()
+    status = pisa.pisaDocument(
+        html,
+        dest=out,
+        link_callback=_refuse_links,
+        resource_policy=policy,
+        encoding="utf-8",
+    )
+    if status.err:
+        raise RuntimeError(f"xhtml2pdf could not compile the report ({status.err} errors)")
+    return out.getvalue()
