@@ -249,7 +249,7 @@ def render_run(run_id: int) -> None:
         try:
             rendered = render(run.study, run.week)
             stored = store().put(
-                f"reports/{run.week}/{run.scope.replace(':', '-')}/run-{run.id}.pdf",
+                f"reports/{run.week}/run-{run.id}.pdf",
                 io.BytesIO(rendered.pdf),
                 "application/pdf",
             )
