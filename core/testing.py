@@ -232,6 +232,7 @@ class SMTPSink:
         self.envelopes: list[Any] = []
         self.refuse: set[str] = set()  # recipients answered 550
         self.fail_next = 0  # answer the next N messages 451 (try again later)
+        self.sessions: list[Any] = []  # one per SMTP connection that sent a message
         self._lock = threading.Lock()
 
     @property
@@ -267,6 +268,8 @@ class SMTPSink:
                 self.fail_next -= 1
                 return "451 4.3.0 Try again later"
             self.envelopes.append(envelope)
+            if not any(known is session for known in self.sessions):
+                self.sessions.append(session)
         return "250 Message accepted for delivery"
 
 

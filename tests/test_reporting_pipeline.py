@@ -175,7 +175,7 @@ def test_rendering_failures_are_retried_then_recorded(app, subscribers, fake):
     with app.app_context(), database.connection_context():
         run = pipeline.ensure_run(None, WEEK)
         pipeline.add_all_recipients(run)
-        for attempt in range(pipeline.MAX_RENDER_ATTEMPTS - 1):
+        for _attempt in range(pipeline.MAX_RENDER_ATTEMPTS - 1):
             with pytest.raises(pipeline.TemporaryFailure):
                 pipeline.render_run(run.id)
             assert ReportRun.get_by_id(run.id).state == "queued"
