@@ -82,6 +82,7 @@ def test_each_reader_gets_one_email_with_text_html_pdf_and_unsubscribe_headers(
         assert pdf.get_content_type() == "application/pdf"
         assert pdf.get_filename() == f"caredeck-report-{WEEK}.pdf"
         assert pdf.get_content().startswith(b"%PDF-1.4")
+    assert len(smtp_sink.sessions) == 1  # one batch, one SMTP connection
     ids = {m["Message-ID"] for m in messages}
     assert len(ids) == 3 and all(i.startswith("<report-") for i in ids)
     # The same week again: nothing more.
