@@ -245,8 +245,10 @@ class ReportRuns(MethodView):
                 run = pipeline.create_dry_run(study, week)
             else:
                 run = pipeline.ensure_run(study, week)
-                pipeline.add_all_recipients(run)
-            pipeline.kick(run.id)
+                added = pipeline.add_all_recipients(run)
+            if not pipeline.kick(run.id) and not dry and added:
+                if ReportRun.get_by_id(run.id).state == "sending":
+                    pipeline.dispatch(run.id)  # new recipients of a run sending right now
             runs.append(ReportRun.get_by_id(run.id))
         return _dicts(runs)
 

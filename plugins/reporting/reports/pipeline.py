@@ -260,9 +260,10 @@ def render_run(run_id: int) -> None:
                 _fail(run, message)
                 return
             log.warning("report run %s: %s; will retry", run.id, message)
-            ReportRun.update(state="queued", lease_until=None, error=message).where(
-                (ReportRun.id == run.id) & (ReportRun.state == "rendering")
-            ).execute()
+            # enqueued_at: Dramatiq's retry is the job now; the scheduler leaves it be.
+            ReportRun.update(
+                state="queued", lease_until=None, enqueued_at=utcnow(), error=message
+            ).where((ReportRun.id == run.id) & (ReportRun.state == "rendering")).execute()
             raise TemporaryFailure(message) from error
         run.pdf_location, run.pdf_size = stored.location, stored.size
         run.totals = json.dumps(rendered.totals, default=str)
