@@ -21,6 +21,9 @@ server refused the recipient or the message) or not.
 from __future__ import annotations
 
 import contextlib
+import copy
+import email.policy
+import email.utils
 import os
 import smtplib
 import ssl
@@ -51,6 +54,18 @@ class Mailer:
 
 class Connection:
     def send(self, message: EmailMessage) -> None:
+        """Send ``message`` to its To, Cc and Bcc addresses, from its From address."""
+        sender = email.utils.parseaddr(message["From"] or "")[1]
+        fields = [message.get_all(name, []) for name in ("To", "Cc", "Bcc")]
+        recipients = [address for _, address in email.utils.getaddresses(sum(fields, []))]
+        if message["Bcc"] is not None:
+            message = copy.copy(message)
+            del message["Bcc"]
+        self.send_bytes(sender, recipients, message.as_bytes(policy=email.policy.SMTP))
+
+    def send_bytes(self, sender: str, recipients: list[str], data: bytes) -> None:
+        """Send an already serialised message (CRLF line ends): the way to send many
+        messages that share a large part without serialising that part for each one."""
         raise NotImplementedError
 
 
@@ -96,12 +111,12 @@ class _FolderConnection(Connection):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def send(self, message: EmailMessage) -> None:
+    def send_bytes(self, sender: str, recipients: list[str], data: bytes) -> None:
         name = f"{uuid.uuid4().hex}.eml"
         partial = self.folder / f".{name}.partial"
         try:
             # Written aside and renamed: a reader of the folder never sees half a message.
-            partial.write_bytes(bytes(message))
+            partial.write_bytes(data)
             os.replace(partial, self.folder / name)
         except OSError as error:
             partial.unlink(missing_ok=True)
@@ -176,9 +191,9 @@ class _SMTPConnection(Connection):
     def __init__(self, client: smtplib.SMTP) -> None:
         self.client = client
 
-    def send(self, message: EmailMessage) -> None:
+    def send_bytes(self, sender: str, recipients: list[str], data: bytes) -> None:
         try:
-            refused = self.client.send_message(message)
+            refused = self.client.sendmail(sender, recipients, data)
         except smtplib.SMTPRecipientsRefused as error:
             raise MailError(f"recipient refused: {error.recipients}", permanent=True) from error
         except smtplib.SMTPResponseException as error:

@@ -206,3 +206,25 @@ def test_the_scheduler_command_runs_until_sigterm(caredeck_config, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_serve_with_the_embedded_queue_runs_the_scheduler_in_process(caredeck_config, monkeypatch):
+    import waitress
+    from click.testing import CliRunner
+
+    from core.cli import cli
+
+    for name, value in caredeck_config.items():
+        monkeypatch.setenv(f"CAREDECK_{name}", str(value))
+    monkeypatch.setenv("CAREDECK_PLUGINS", "reporting")
+    CliRunner().invoke(cli, ["db", "upgrade"], catch_exceptions=False)
+    seen = {}
+
+    def fake_serve(app, **kwargs):
+        seen["threads"] = {thread.name for thread in threading.enumerate()}
+
+    monkeypatch.setattr(waitress, "serve", fake_serve)
+    result = CliRunner().invoke(cli, ["serve"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "caredeck-scheduler" in seen["threads"]
+    assert "caredeck-scheduler" not in {thread.name for thread in threading.enumerate()}

@@ -26,6 +26,7 @@ back-off (Dramatiq) up to ``MAX_DELIVERY_ATTEMPTS``, then recorded as ``failed``
 from __future__ import annotations
 
 import datetime
+import email.utils
 import io
 import json
 import logging
@@ -403,16 +404,28 @@ def _send_rows(run: ReportRun, rows: list[Delivery], claim: str) -> None:
         pdf_part = emails.attachment(read_pdf(run.pdf_location), run.week, run.study)
     sender = config["REPORTING_MAIL_FROM"]
     remaining = list(rows)
+    # The row the server accepted last: its "sent" is written in the same transaction as
+    # the next row's "sending" (one commit per email instead of two).
+    accepted: list[Delivery] = []
+
+    def step(row: Delivery | None = None, **values) -> None:
+        with database.atomic():
+            for done in accepted:
+                _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
+            if row is not None:
+                _mark(row, claim, **values)
+        accepted.clear()
+
     try:
         with mailer_for(current_app).connect() as connection:
             while remaining:
                 row = remaining[0]
                 subscription, user = row.subscription, row.subscription.user
                 if subscription.cancelled_at is not None or user.status != "active":
-                    _mark(row, claim, state="suppressed", error="unsubscribed or inactive")
+                    step(row, state="suppressed", error="unsubscribed or inactive")
                     remaining.pop(0)
                     continue
-                message = emails.compose(
+                data = emails.compose(
                     recipient=user.email,
                     name=user.name,
                     subscription_id=subscription.id,
@@ -423,26 +436,34 @@ def _send_rows(run: ReportRun, rows: list[Delivery], claim: str) -> None:
                     pdf_part=pdf_part,
                     sender=sender,
                 )
-                # The window: from here until "sent" is recorded, a crash leaves the outcome
-                # unknown (recover_stalled records it as failed, never resends).
-                _mark(row, claim, state="sending", recipient=user.email)
+                # The window: from this commit until the next one records "sent", a crash
+                # leaves the outcome unknown (recover_stalled records it as failed and never
+                # sends it again).
+                step(row, state="sending", recipient=user.email)
                 try:
-                    connection.send(message)
+                    connection.send_bytes(email_address(sender), [user.email], data)
                 except MailError as error:
                     if not error.permanent:
                         raise
                     _mark(row, claim, state="failed", error=str(error))
                 else:
-                    _mark(row, claim, state="sent", sent_at=utcnow(), error=None)
+                    accepted.append(row)
                 remaining.pop(0)
+            step()
     except MailError as error:
+        step()
         _release(remaining, claim, str(error))
         raise TemporaryFailure(f"report run {run.id}: {error}") from error
     except BaseException:
-        # Anything else (a bug, the time limit): give the untried rows back, but the row in
-        # the middle of an SMTP transaction stays "sending" (unknown outcome).
+        # Anything else (a bug, the time limit): record what the server took, give the
+        # untried rows back; a row in the middle of an SMTP transaction stays "sending".
+        step()
         _release([row for row in remaining if _state(row) == "claimed"], claim, "interrupted")
         raise
+
+
+def email_address(text: str) -> str:
+    return email.utils.parseaddr(text)[1]
 
 
 def _state(row: Delivery) -> str:
