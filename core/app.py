@@ -43,6 +43,7 @@ CORE_COMMANDS = {
     "seed",
     "worker",
     "consume",
+    "scheduler",
     "routes",
     "run",
     "shell",
