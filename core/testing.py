@@ -218,6 +218,66 @@ def _models_of(app, plugin: str) -> list:
     return plugins.call(state.manager, "caredeck_models", app=app).get(plugin, [])
 
 
+# S3 (moto's server mode) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server on 127.0.0.1 for the session: ``moto_server`` (the
+    ``moto[server]`` console script next to the running Python) on a free port. Yields its
+    endpoint URL (``http://127.0.0.1:PORT``); any access key and secret are accepted. The
+    server is stopped at the end of the session, whatever happened."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    candidate = Path(sys.executable).with_name("moto_server")
+    executable = str(candidate) if candidate.exists() else shutil.which("moto_server")
+    if executable is None:
+        pytest.skip("moto_server is not installed: pip install 'moto[server]'")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(  # noqa: S603 (our own console script, fixed arguments)
+            [executable, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    output.seek(0)
+                    pytest.fail(
+                        f"moto_server exited with {process.returncode}: "
+                        f"{output.read().decode(errors='replace')[-2000:]}",
+                        pytrace=False,
+                    )
+                try:
+                    with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):  # noqa: S310
+                        break
+                except (urllib.error.URLError, OSError):
+                    if time.monotonic() > deadline:
+                        pytest.fail("moto_server did not answer within 30 s", pytrace=False)
+                    time.sleep(0.1)
+            yield endpoint
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 # A real SMTP server for mail tests (reporting) ---------------------------------------------
 
 

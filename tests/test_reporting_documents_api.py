@@ -213,6 +213,28 @@ def test_an_upload_announced_far_over_the_limit_is_refused_before_reading(app, n
     assert files_in(app) == [] and not removals()
 
 
+@pytest.mark.parametrize(("size", "status"), [(4096, 201), (4097, 413), (200_000, 413)])
+def test_a_chunked_upload_without_content_length_is_held_to_the_limit(app, nurse, size, status):
+    from werkzeug.test import EnvironBuilder
+
+    # The test client always sends a Content-Length, so this calls the app directly.
+    app.config["REPORTING_UPLOAD_MAX_BYTES"] = 4096
+    body, boundary = _multipart([("file", "a.bin", None, b"x" * size)])
+    environ = EnvironBuilder(
+        "/api/documents", method="POST", environ_base=nurse.environ_base
+    ).get_environ()
+    # What a server passes on for a chunked request: no length, a stream it terminates.
+    environ.pop("CONTENT_LENGTH", None)
+    environ["CONTENT_TYPE"] = f"multipart/form-data; boundary={boundary}"
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["wsgi.input_terminated"] = True
+    answer = app.response_class.from_app(app, environ, buffered=True)
+    assert answer.status_code == status, answer.get_data()
+    if status == 413:
+        assert "4096 bytes" in answer.get_json()["message"]
+        assert files_in(app) == [] and not removals()
+
+
 def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
@@ -222,6 +244,36 @@ def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     answer = upload(nurse)
     assert answer.status_code == 500
     assert files_in(app) == [] and not removals()
+
+
+def test_a_store_that_is_down_is_a_clear_503_and_nothing_is_kept(app, nurse, monkeypatch):
+    from plugins.reporting.documents.storage import StoreError
+
+    created = upload(nurse).json
+    store = store_for(app)
+
+    def down(*args, **kwargs):
+        raise StoreError("the disk is full")
+
+    monkeypatch.setattr(store, "put", down)
+    answer = upload(nurse)
+    assert answer.status_code == 503
+    assert answer.json["message"].startswith("The file store is unavailable; nothing was")
+    monkeypatch.setattr(store, "open", down)
+    answer = nurse.get(f"/api/documents/{created['id']}/file")
+    assert answer.status_code == 503
+    assert "try the download again" in answer.json["message"]
+    with database.connection_context():
+        assert Document.select().count() == 1
+    assert not removals()
+
+
+def test_an_upload_that_outlived_its_grace_is_refused_and_leaves_nothing(app, nurse, monkeypatch):
+    monkeypatch.setattr(records, "UPLOAD_GRACE", -records.UPLOAD_GRACE)  # due at once
+    answer = upload(nurse)
+    assert answer.status_code == 409
+    assert "upload the file again" in answer.json["message"]
+    assert files_in(app) == [] and not removals() and not changes()
 
 
 def test_an_upload_that_died_half_way_is_swept_later(app, nurse):
@@ -395,6 +447,9 @@ def test_download_streams_the_file_with_etag_and_headers(nurse):
     assert answer.headers["Content-Type"] == "application/pdf"
     assert answer.headers["Content-Disposition"] == 'attachment; filename="scan.pdf"'
     assert "sandbox" in answer.headers["Content-Security-Policy"]
+    head = nurse.head(f"/api/documents/{created['id']}/file")
+    assert (head.status_code, head.data) == (200, b"")
+    assert head.headers["Content-Length"] == str(len(CONTENT))
 
 
 def test_if_none_match_gives_304(nurse):
@@ -580,6 +635,36 @@ def test_the_sweep_finishes_removals_the_job_could_not(app, nurse, monkeypatch):
             "failed": 0,
         }
     assert files_in(app) == []
+
+
+def test_changes_between_two_times_for_the_weekly_report(app, nurse):
+    before = utcnow()
+    first = upload(nurse, study="A").json
+    upload(nurse, study="B")
+    nurse.patch(f"/api/documents/{first['id']}", json={"filename": "x.pdf"})
+    nurse.delete(f"/api/documents/{first['id']}")
+    after = utcnow()
+    with database.connection_context():
+        rows = list(records.changes_between(before, after, study="A"))
+        assert [(c.action, c.document_id) for c in rows] == [
+            ("created", first["id"]),
+            ("updated", first["id"]),
+            ("deleted", first["id"]),
+        ]
+        assert len(list(records.changes_between(before, after))) == 4
+        assert list(records.changes_between(after, after)) == []
+
+
+def test_the_change_log_is_append_only(app, nurse):
+    import peewee
+
+    upload(nurse)
+    with database.connection_context():
+        with pytest.raises(peewee.DatabaseError), database.atomic():
+            DocumentChange.update(by="someone@else").execute()
+        with pytest.raises(peewee.DatabaseError), database.atomic():
+            DocumentChange.delete().execute()
+        assert DocumentChange.select().count() == 1
 
 
 def test_the_remove_job_is_safe_to_run_twice(app, nurse):

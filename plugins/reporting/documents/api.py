@@ -21,7 +21,7 @@ from plugins.reporting.documents.schemas import (
     ReportingDocumentSchema,
     ReportingDocumentUploadSchema,
 )
-from plugins.reporting.documents.storage import Missing, TooLarge
+from plugins.reporting.documents.storage import Missing, StoreError, TooLarge
 from plugins.reporting.documents.upload import (
     MAX_PARTS,
     TEXT_PART_MAX_BYTES,
@@ -94,6 +94,7 @@ FILE_RESPONSES = {
     "304": {"description": "`If-None-Match` matched the `ETag`: the copy you have is current"},
     "404": {"description": "No such document, or its file is missing from the store"},
     "416": {"description": "The range starts past the end of the file"},
+    "503": {"description": "The file store is unavailable"},
 }
 
 
@@ -116,6 +117,10 @@ def _too_large(limit: int):
         "an administrator to raise CAREDECK_REPORTING_UPLOAD_MAX_BYTES.",
         errors={"file": [f"At most {limit} bytes."]},
     )
+
+
+def _store_unavailable(consequence: str):
+    abort(503, message=f"The file store is unavailable; {consequence}")
 
 
 def _invalid(errors: dict):
@@ -147,6 +152,7 @@ class Documents(MethodView):
     @blp.response(201, ReportingDocumentSchema, example=DOCUMENT_EXAMPLE)
     @blp.alt_response(413, description="The file is over the upload limit; nothing was stored")
     @blp.alt_response(422, description="Names each bad part (no file, an unknown part, ...)")
+    @blp.alt_response(503, description="The file store is unavailable; nothing was stored")
     def post(self):
         """Upload a document (multipart)
 
@@ -191,6 +197,10 @@ class Documents(MethodView):
         except UploadInvalid as error:
             records.abandon_upload(pending)
             _invalid(error.errors)
+        except StoreError as error:
+            log.error("upload failed, the store is unavailable: %s", error)
+            records.abandon_upload(pending)
+            _store_unavailable("nothing was stored. Upload the file again in a moment.")
         except records.UploadExpired:
             records.abandon_upload(pending)
             abort(
@@ -298,6 +308,9 @@ class DocumentFile(MethodView):
                 message=f"The file of document {document.id} is missing from the store; "
                 "the weekly report flags it. Upload it again.",
             )
+        except StoreError as error:
+            log.error("document %s: the store is unavailable: %s", document.id, error)
+            _store_unavailable("try the download again in a moment.")
         headers["Content-Length"] = str(stop - start)
         if wanted is not None:
             headers["Content-Range"] = wanted.content_range(size)

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import peewee
 from flask import current_app
 
 from core.db import database, is_sqlite, utcnow
@@ -119,14 +120,19 @@ def finish_upload(
 
 
 def abandon_upload(pending: DocumentFileRemoval) -> None:
-    """An upload failed: remove whatever it stored, now if possible, else later."""
+    """An upload failed: remove whatever it stored, now if possible, else later. Never
+    raises, so that the upload's own error is the one reported."""
     try:
         store().delete(pending.file_location)
     except Exception:
         log.warning("could not remove the file of a failed upload; retrying later", exc_info=True)
         _retry_later(pending)
         return
-    DocumentFileRemoval.delete().where(DocumentFileRemoval.id == pending.id).execute()
+    try:
+        DocumentFileRemoval.delete().where(DocumentFileRemoval.id == pending.id).execute()
+    except Exception:
+        # The file is gone; the sweep will find the removal and do nothing harmful.
+        log.warning("could not drop the pending removal %s", pending.id, exc_info=True)
 
 
 # Changes --------------------------------------------------------------------------------
@@ -261,6 +267,21 @@ def sweep(now: datetime.datetime | None = None, limit: int = 1000) -> dict[str, 
             ).where(DocumentFileRemoval.id == removal.id).execute()
             log.warning("sweep could not remove %s: %s", removal.file_location, error)
     return {"removed": removed, "failed": failed}
+
+
+# Reading the change log -----------------------------------------------------------------
+
+
+def changes_between(
+    start: datetime.datetime, end: datetime.datetime, study: str | None = None
+) -> peewee.ModelSelect:
+    """The change log's rows with ``start <= at < end`` (optionally for one study), in the
+    order they happened: what the weekly report aggregates (served by the indexes
+    ``(at, id)`` and ``(study, at)``)."""
+    query = DocumentChange.select().where((DocumentChange.at >= start) & (DocumentChange.at < end))
+    if study is not None:
+        query = query.where(DocumentChange.study == study)
+    return query.order_by(DocumentChange.at, DocumentChange.id)
 
 
 # Verification ---------------------------------------------------------------------------

@@ -11,6 +11,10 @@ standard environment variables (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, or an instance role), so MinIO, moto or
 any S3-compatible server works by setting ``AWS_ENDPOINT_URL``.
 
+Every method raises :class:`StoreError` when the store itself fails (unreachable, refused,
+disk full); :class:`TooLarge` and :class:`Missing` are its subclasses. A failure of the
+stream given to ``put`` passes through as it is.
+
 Every store streams: ``put`` reads its input in chunks, computing the size and the MD5 on
 the way, and never leaves a partial object under the final key (a temporary file renamed
 into place; an S3 multipart upload completed only at the end, aborted on any failure).
@@ -18,6 +22,7 @@ into place; an S3 multipart upload completed only at the end, aborted on any fai
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -39,7 +44,7 @@ EXTENSION_KEY = "reporting_store"
 
 
 class StoreError(Exception):
-    """The store could not do what was asked."""
+    """The store could not do what was asked (unreachable, refused, disk full, ...)."""
 
 
 class TooLarge(StoreError):  # noqa: N818 (the name the interface promises)
@@ -126,22 +131,28 @@ class LocalStore:
         self, key: str, stream: BinaryIO, content_type: str, max_bytes: int | None = None
     ) -> Stored:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         # A temporary name in the same folder, renamed at the end: readers never see a half
         # file under the final name, and the rename is atomic on one file system.
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
+        with _local_failures("store", key):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
         digest, size = hashlib.md5(usedforsecurity=False), 0
         try:
             with os.fdopen(fd, "wb") as handle:
+                # Only the store's own failures become StoreError; the stream's pass as
+                # they are (a client that went away is not the store's fault).
                 while chunk := stream.read(CHUNK_SIZE):
                     size += len(chunk)
                     if max_bytes is not None and size > max_bytes:
                         raise TooLarge(max_bytes)
                     digest.update(chunk)
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
+                    with _local_failures("store", key):
+                        handle.write(chunk)
+                with _local_failures("store", key):
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            with _local_failures("store", key):
+                os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -152,6 +163,8 @@ class LocalStore:
             handle = open(self.path(location), "rb")  # noqa: SIM115 (closed by the generator)
         except FileNotFoundError:
             raise Missing(location) from None
+        except OSError as error:
+            raise StoreError(f"could not read {location!r} from {self.root}: {error}") from error
         return self._chunks(handle, start, end)
 
     @staticmethod
@@ -172,9 +185,12 @@ class LocalStore:
             return self.path(location).stat().st_size
         except FileNotFoundError:
             return None
+        except OSError as error:
+            raise StoreError(f"could not read {location!r} from {self.root}: {error}") from error
 
     def delete(self, location: str) -> None:
-        self.path(location).unlink(missing_ok=True)
+        with _local_failures("delete", location):
+            self.path(location).unlink(missing_ok=True)
 
 
 class S3Store:
@@ -212,36 +228,40 @@ class S3Store:
 
         first = next_block()
         if len(first) < self.part_size:  # small: one request
-            self.client.put_object(
-                Bucket=self.bucket, Key=object_key, Body=first, ContentType=content_type
-            )
+            with _s3_failures("store", key):
+                self.client.put_object(
+                    Bucket=self.bucket, Key=object_key, Body=first, ContentType=content_type
+                )
             return Stored(location=key, size=size, md5=digest.hexdigest())
 
         # Large: a multipart upload, holding one part in memory at a time. The object only
         # appears when the upload completes; any failure (TooLarge included) aborts it, so
         # no parts are left behind to be billed.
-        upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=object_key, ContentType=content_type
-        )
+        with _s3_failures("store", key):
+            upload = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=object_key, ContentType=content_type
+            )
         upload_id, parts = upload["UploadId"], []
         try:
             block = first
             while block:
-                answer = self.client.upload_part(
+                with _s3_failures("store", key):
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=len(parts) + 1,
+                        Body=block,
+                    )
+                parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
+                block = next_block()
+            with _s3_failures("store", key):
+                self.client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=object_key,
                     UploadId=upload_id,
-                    PartNumber=len(parts) + 1,
-                    Body=block,
+                    MultipartUpload={"Parts": parts},
                 )
-                parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
-                block = next_block()
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=object_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
         except BaseException:
             try:
                 self.client.abort_multipart_upload(
@@ -260,35 +280,58 @@ class S3Store:
             return iter(())
         if start or end is not None:
             request["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        try:
-            answer = self.client.get_object(**request)
-        except self.client.exceptions.NoSuchKey:
-            raise Missing(location) from None
-        except self.client.exceptions.ClientError as error:
-            if _status(error) == 416:  # start at or past the end: no bytes
-                return iter(())
-            raise
-        return self._chunks(answer["Body"])
+        with _s3_failures("read", location):
+            try:
+                answer = self.client.get_object(**request)
+            except self.client.exceptions.NoSuchKey:
+                raise Missing(location) from None
+            except self.client.exceptions.ClientError as error:
+                if _status(error) == 416:  # start at or past the end: no bytes
+                    return iter(())
+                raise
+        return self._chunks(answer["Body"], location)
 
     @staticmethod
-    def _chunks(body) -> Iterator[bytes]:
+    def _chunks(body, location: str) -> Iterator[bytes]:
         try:
-            yield from body.iter_chunks(CHUNK_SIZE)
+            with _s3_failures("read", location):
+                yield from body.iter_chunks(CHUNK_SIZE)
         finally:
             body.close()
 
     def size(self, location: str) -> int | None:
-        try:
-            answer = self.client.head_object(Bucket=self.bucket, Key=self.object_key(location))
-        except self.client.exceptions.ClientError as error:
-            if _status(error) == 404:
-                return None
-            raise
+        with _s3_failures("read", location):
+            try:
+                answer = self.client.head_object(Bucket=self.bucket, Key=self.object_key(location))
+            except self.client.exceptions.ClientError as error:
+                if _status(error) == 404:
+                    return None
+                raise
         return answer["ContentLength"]
 
     def delete(self, location: str) -> None:
         # S3 answers 204 for a key that does not exist, so "missing" needs no special case.
-        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(location))
+        with _s3_failures("delete", location):
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(location))
+
+
+@contextlib.contextmanager
+def _local_failures(action: str, location: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise StoreError(f"could not {action} {location!r} in the local store: {error}") from error
+
+
+@contextlib.contextmanager
+def _s3_failures(action: str, location: str) -> Iterator[None]:
+    """botocore's errors as :class:`StoreError` (``Missing`` passes through)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as error:
+        raise StoreError(f"S3 could not {action} {location!r}: {error}") from error
 
 
 def _status(error) -> int | None:
