@@ -16,12 +16,13 @@ Then renders the week for all studies (twice) and for one study, and prints the 
 (queries, file reads with MD5 and images, assembly, PDF) on stderr and one JSON line on
 stdout. A benchmark, not a test: the exit status is 0 whatever the figures. Run::
 
-    .venv/bin/python bench/reporting_render.py [--documents 10000] [--images 500]
+    .venv/bin/python bench/reporting_render.py [--documents 10000] [--images 500] [--store s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import io
@@ -30,9 +31,12 @@ import os
 import platform
 import random
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -78,7 +82,46 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def make_app(url: str, files: Path):
+@contextlib.contextmanager
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the run (``moto[server]``, in the test extras),
+    with boto3's environment pointing at it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    executable = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen(  # noqa: S603 (our own console script, fixed arguments)
+        [str(executable), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):  # noqa: S310
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not answer within 30 s") from None
+                time.sleep(0.1)
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106 (moto accepts anything)
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench-render")
+        yield "s3://bench-render/documents"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def make_app(url: str, files: Path, storage_url: str | None = None):
     from core import db
     from core.app import create_app
     from core.testing import reset_postgresql
@@ -93,17 +136,13 @@ def make_app(url: str, files: Path):
             "DRAMATIQ_URL": "stub://",
             "REDIS_URL": "memory://",
             "SMTP_URL": f"file://{files.parent}/outbox",
-            "STORAGE_URL": f"file://{files}",
+            "STORAGE_URL": storage_url or f"file://{files}",
             "SECRET_KEY": "bench-secret-key-that-is-long-enough-0123456789",
             "TIMEZONE": str(ZONE),
         },
         plugin_objects={"reporting": reporting},
     )
     db.upgrade(app.extensions["caredeck"].migration_sources)
-    from plugins.reporting.documents.models import Document, DocumentChange
-
-    with db.database.connection_context():
-        db.database.create_tables([Document, DocumentChange], safe=True)
     return app
 
 
@@ -191,6 +230,7 @@ def generate(app, documents: int, images: int) -> dict:
             "content_type": row["content_type"],
             "size": row["size"],
             "md5": row["md5"],
+            "file_location": row["file_location"],
             "by": row["uploaded_by"],
         }
 
@@ -221,18 +261,19 @@ def generate(app, documents: int, images: int) -> dict:
             DocumentChange.insert_many(changes[batch : batch + 5000]).execute()
         database.execute_sql("ANALYZE")
 
-    # A few broken files: two missing, two corrupt, one undecodable "image".
-    root = Path(app.config["STORAGE_URL"].removeprefix("file://"))
+    # A few broken files: two missing, two corrupt, one undecodable "image" (as long as the
+    # image it replaces, so only its MD5 differs).
     plain = [i for i in range(documents) if i not in image_slots]
     for index in plain[:2]:
-        (root / f"bench/{index:05d}").unlink()
+        store.delete(f"bench/{index:05d}")
     for index in plain[2:4]:
-        path = root / f"bench/{index:05d}"
-        data = bytearray(path.read_bytes())
+        data = bytearray(b"".join(store.open(f"bench/{index:05d}")))
         data[0] ^= 0xFF
-        path.write_bytes(bytes(data))
+        store.put(f"bench/{index:05d}", io.BytesIO(bytes(data)), "application/octet-stream")
     broken = sorted(image_slots)[0]
-    (root / f"bench/{broken:05d}").write_bytes(b"\0" * (rows[broken]["size"]))
+    store.put(
+        f"bench/{broken:05d}", io.BytesIO(b"\0" * rows[broken]["size"]), "application/octet-stream"
+    )
     return counts
 
 
@@ -241,14 +282,26 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--store",
+        choices=("file", "s3"),
+        default="file",
+        help="the file store: a local folder, or S3 on a moto server started for the run",
+    )
+    parser.add_argument("--workers", type=int, help="threads reading files (render.WORKERS)")
     args = parser.parse_args()
 
     from core.db import close_pool, database
     from plugins.reporting.reports import render
 
+    if args.workers:
+        render.WORKERS = args.workers
+
     workdir = Path(tempfile.mkdtemp(prefix="caredeck-bench-render-"))
-    try:
-        app = make_app(args.database_url, workdir / "files")
+    with contextlib.ExitStack() as stack:
+        storage_url = stack.enter_context(s3_endpoint()) if args.store == "s3" else None
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        app = make_app(args.database_url, workdir / "files", storage_url)
         clock = time.perf_counter()
         generated = generate(app, args.documents, args.images)
         generate_s = time.perf_counter() - clock
@@ -279,6 +332,7 @@ def main() -> None:
             f"Python {platform.python_version()}",
             "documents": args.documents,
             "images": args.images,
+            "store": args.store,
             "workers": render.WORKERS,
             "generate_seconds": round(generate_s, 1),
             "runs": runs,
@@ -286,8 +340,6 @@ def main() -> None:
             "goal_met": runs["all"]["seconds"] < GOAL_S,
         }
         print(json.dumps(result))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,7 @@ def caredeck_plugins():
 
 @pytest.fixture
 def app(make_app):
-    from plugins.reporting.documents.models import Document, DocumentChange
-
-    app = make_app(TIMEZONE="Europe/Berlin")
-    with database.connection_context():
-        database.create_tables([Document, DocumentChange], safe=True)
-    return app
+    return make_app(TIMEZONE="Europe/Berlin")
 
 
 def local(*args) -> datetime.datetime:
@@ -97,6 +92,7 @@ class Library:
                 "content_type": content_type,
                 "size": stored.size,
                 "md5": stored.md5,
+                "file_location": stored.location,
                 "by": "doctor@example.org",
             }
             DocumentChange.create(action="created", at=at, **snapshot)
@@ -409,13 +405,18 @@ def test_user_data_comes_out_as_plain_text(app):
     library.add(
         "{{ 7*7 }} {% if 1 %}yes{% endif %}.pdf", b"y" * 10, at=local(2026, 10, 20), study="T2"
     )
-    (library.store.root / "test" / "1").unlink()  # listed with its name among missing files
-    (library.store.root / "test" / "2").unlink()
+    library.add("Müller – Größe.pdf", b"z" * 10, at=local(2026, 10, 20))
+    library.add("Пациент Ελλάδα.pdf", b"z" * 10, at=local(2026, 10, 20))
+    for key in ("1", "2", "3", "4"):  # each listed with its name among the missing files
+        (library.store.root / "test" / key).unlink()
 
     text = pdf_text(render_report(None, WEEK, app=app).pdf)
     assert "<script>alert(1)</script>.pdf" in text
     assert "{{ 7*7 }} {% if 1 %}yes{% endif %}.pdf" in text
     assert "<b>Trial</b> & co" in text
+    assert "Müller – Größe.pdf" in text
+    if render.report_font() == "DejaVuSans":  # installed (Debian: fonts-dejavu-core)
+        assert "Пациент Ελλάδα.pdf" in text
     scoped = pdf_text(render_report("<b>Trial</b> & co", WEEK, app=app).pdf)
     assert "<b>Trial</b> & co, week 2026-W43" in scoped
 
@@ -432,3 +433,19 @@ def test_the_pdf_fetches_nothing():
     )
     pdf = render.compile_pdf(html)
     assert "ok" in pdf_text(pdf)
+
+
+def test_render_inside_a_callers_connection_and_transaction(app):
+    """A job may call the renderer with its own connection open, even inside a
+    transaction: the report's snapshot nests in it and leaves it open and usable."""
+    library = Library(app)
+    library.add("inside.pdf", b"i" * 10, at=local(2026, 10, 20))
+    with app.app_context(), database.connection_context():
+        database.execute_sql("SELECT 1")  # a connection that has been used, no transaction
+        assert render_report(None, WEEK).totals["new"] == 1
+        with database.atomic():
+            database.execute_sql("SELECT 1")  # the transaction has begun
+            rendered = render_report(None, WEEK)  # app from the context
+            assert database.execute_sql("SELECT 1").fetchone()[0] == 1
+        assert not database.is_closed()
+    assert rendered.totals["new"] == 1

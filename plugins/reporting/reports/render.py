@@ -135,8 +135,11 @@ LISTED_ROWS = 200  # rows per table or list in the PDF; the rest are counted
 LISTED_GROUP_MEMBERS = 12
 THUMBNAIL_POINTS = 72
 # Files are verified and images decoded by a few threads: hashlib and Pillow release the GIL
-# on large buffers, and an object store answers each read after a network round trip.
-WORKERS = 4
+# on large buffers, and an object store answers each read after a network round trip. Not
+# more than boto3's default connection pool (10) holds. Measured (bench/reporting_render.py,
+# 10,000 files): each S3 read costs this process about 1.8 ms of CPU in botocore, which
+# threads cannot share out: the floor of the file checks on S3 is about 18 s.
+WORKERS = 8
 CHUNK = 1024 * 1024
 TEMPLATE = "reporting/report.html"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -182,6 +185,12 @@ class _Checked:
 def render_report(study: str | None, week: str, *, app=None) -> Rendered:
     """Render the weekly documents report of ``week`` (``"2026-W47"``, in the hospital's
     zone ``TIMEZONE``) for one ``study``, or for all studies when ``study`` is ``None``.
+
+    What counts, from the week's ``DocumentChange`` rows: a document deleted in the week is
+    *deleted* (even if it was also created in the week); else one created in the week is
+    *new* (even if also updated); else one changed in the week is *updated*. A document
+    counts under the study, type and size of its last change in the week, so one moved to
+    another study during the week shows in the study it ended in.
 
     Raises ``ValueError`` for a malformed week. A missing or corrupt file, or an image that
     cannot be decoded, is listed in the report rather than raised; an unreachable database
@@ -230,10 +239,12 @@ def _connection() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if database.is_closed():
             stack.enter_context(database.connection_context())
+        # Inside a caller's transaction the isolation level is theirs (it can no longer be
+        # set, and peewee's savepoints do not count in transaction_depth()). SQLite's read
+        # transaction is a snapshot already (WAL).
+        ours = not database.in_transaction()
         stack.enter_context(database.atomic())
-        # SQLite's read transaction is a snapshot already (WAL). Inside a caller's
-        # transaction the isolation level is theirs to choose (and can no longer be set).
-        if not is_sqlite() and database.transaction_depth() == 1:
+        if ours and not is_sqlite():
             database.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
 
@@ -475,6 +486,7 @@ def _assemble(
         "sheet": sheet,
         "sheet_more": max(len(readable) - len(sheet), 0),
         "no_study": _NO_STUDY,
+        "font": report_font(),
     }
 
 
@@ -577,6 +589,48 @@ def _refuse_links(uri, rel) -> str | None:
         return None  # unchanged
     log.warning("reporting: the report referred to %.80r; not fetched", uri)
     return _BLANK
+
+
+# Helvetica, the PDF's built-in font, draws Latin-1 only: a file name in Cyrillic, Greek or
+# most of Central Europe's letters would come out as boxes. DejaVu Sans draws those; it is
+# used where the system has it (Debian: fonts-dejavu-core), else Helvetica.
+FONT_FILES = {
+    (0, 0): ("DejaVuSans.ttf",),
+    (1, 0): ("DejaVuSans-Bold.ttf",),
+}
+FONT_FOLDERS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu")
+_font: list[str] = []  # the chosen family, once found
+
+
+def report_font() -> str:
+    """The font family the report is set in: ``DejaVuSans`` if installed, else Helvetica."""
+    if _font:
+        return _font[0]
+    family = "Helvetica"
+    folder = next(
+        (Path(f) for f in FONT_FOLDERS if (Path(f) / FONT_FILES[(0, 0)][0]).is_file()), None
+    )
+    if folder is not None:
+        try:
+            from reportlab.lib.fonts import addMapping
+            from reportlab.pdfbase import pdfmetrics
+            from reportlab.pdfbase.ttfonts import TTFont
+            from xhtml2pdf import default
+
+            names = {}
+            for (bold, italic), (filename,) in FONT_FILES.items():
+                name = "DejaVuSans" + ("-Bold" if bold else "")
+                pdfmetrics.registerFont(TTFont(name, str(folder / filename)))
+                names[bold, italic] = name
+            for bold in (0, 1):
+                for italic in (0, 1):
+                    addMapping("DejaVuSans", bold, italic, names[bold, 0])
+            default.DEFAULT_FONT["dejavusans"] = "DejaVuSans"
+            family = "DejaVuSans"
+        except Exception:  # a broken font file costs the wider alphabet, not the report
+            log.warning("reporting: cannot use the fonts in %s", folder, exc_info=True)
+    _font.append(family)
+    return family
 
 
 def compile_pdf(html: str) -> bytes:
