@@ -8,7 +8,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from core.auth import STAFF, allow, current_user, public
 from core.auth.access import csrf_exempt
-from plugins.reporting.reports import api, subscriptions, tokens
+from plugins.reporting.reports import api, subscriptions, timing, tokens
 from plugins.reporting.reports.models import WEEKDAYS, ReportRun, Subscription
 
 pages = Blueprint("reporting_reports_pages", __name__, template_folder="../templates")
@@ -137,3 +137,10 @@ def describe(subscription: Subscription) -> str:
 @pages.app_template_global("reporting_describe")
 def _describe(subscription: Subscription) -> str:
     return describe(subscription)
+
+
+@pages.app_template_global("reporting_next_local")
+def _next_local(subscription: Subscription) -> str:
+    """The next report's time as the subscriber's clock shows it."""
+    local = subscription.next_due_at.astimezone(timing.zone(subscription.timezone))
+    return local.strftime("%a %d %b %Y, %H:%M %Z")
