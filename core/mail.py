@@ -7,7 +7,9 @@
   upgrades (a local catcher such as mailpit on port 1025).
 - ``smtps://user:password@host:465``: SMTP over implicit TLS.
 
-``?timeout=SECONDS`` (default 30) bounds every network step, so a hung server fails the
+``?cafile=/path/ca.pem`` trusts a private certificate authority (the system's are trusted
+otherwise; the server's certificate is always verified). ``?timeout=SECONDS`` (default 30)
+bounds every network step, so a hung server fails the
 send instead of leaving a job "working" forever. Send many messages over one connection::
 
     with mailer_for(app).connect() as connection:
@@ -90,6 +92,9 @@ def mailer(url: str) -> Mailer:
             implicit_tls=parts.scheme == "smtps",
             starttls=starttls,
             timeout=float(query.get("timeout", DEFAULT_TIMEOUT)),
+            tls_context=ssl.create_default_context(cafile=query["cafile"])
+            if "cafile" in query
+            else None,
         )
     raise ValueError(f"SMTP_URL must start with file://, smtp:// or smtps://, got {parts.scheme}")
 

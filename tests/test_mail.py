@@ -92,3 +92,78 @@ def test_an_unreachable_server_is_a_temporary_failure():
         with mail.mailer(f"smtp://127.0.0.1:{port}?timeout=2").connect():
             pass
     assert not error.value.permanent
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: ``(cert.pem, key.pem)``."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make a test certificate"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _tls_server(certificate, **options):
+    import socket
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from core.testing import SMTPSink
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    sink = SMTPSink()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        sink.port = probe.getsockname()[1]
+    if options.pop("implicit", False):
+        options["ssl_context"] = context
+    else:
+        options["tls_context"] = context
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, **options)
+    return sink, controller
+
+
+def test_starttls_is_used_when_offered_and_the_certificate_checked(certificate):
+    sink, controller = _tls_server(certificate, require_starttls=True)
+    controller.start()
+    try:
+        base = f"smtp://127.0.0.1:{sink.port}"
+        with mail.mailer(f"{base}?starttls=require&cafile={certificate[0]}").connect() as conn:
+            conn.send(message())
+        assert len(sink.envelopes) == 1
+        # The system's authorities do not know this certificate: refused, not sent in clear.
+        with pytest.raises(mail.MailError, match="CERTIFICATE_VERIFY_FAILED"):
+            with mail.mailer(base).connect() as connection:
+                connection.send(message())
+        # starttls=disable against a server that requires it: it refuses the message.
+        with pytest.raises(mail.MailError):
+            with mail.mailer(f"{base}?starttls=disable").connect() as connection:
+                connection.send(message())
+        assert len(sink.envelopes) == 1
+    finally:
+        controller.stop()
+
+
+def test_smtps_is_implicit_tls(certificate):
+    sink, controller = _tls_server(certificate, implicit=True)
+    controller.start()
+    try:
+        url = f"smtps://127.0.0.1:{sink.port}?cafile={certificate[0]}"
+        with mail.mailer(url).connect() as connection:
+            connection.send(message())
+        assert len(sink.envelopes) == 1
+    finally:
+        controller.stop()
