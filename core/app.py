@@ -44,6 +44,7 @@ CORE_COMMANDS = {
     "seed",
     "worker",
     "consume",
+    "scheduler",
     "routes",
     "run",
     "shell",

@@ -15,6 +15,7 @@ from flask import current_app
 from flask.cli import FlaskGroup, NoAppException, routes_command, shell_command, with_appcontext
 
 from core import db, messaging, plugins
+from core import scheduler as scheduling
 from core.auth import passwords
 from core.auth.access import ROLES
 from core.auth.models import User
@@ -239,8 +240,12 @@ def serve(host: str, port: int, threads: int, demo: bool):
         _upgrade()
     if demo:
         _load_demo(app)
+    embedded_scheduler = None
     if state.jobs.embedded:
         state.jobs.start_embedded_worker()
+        # Jobs run in this process, so the periodic tasks that enqueue them do too.
+        embedded_scheduler = scheduling.Scheduler(app)
+        embedded_scheduler.start()
     if app.config["AMQP_URL"].startswith(("filesystem:", "memory:")):
         messaging.start_embedded_consumer(app, state.consumers)
     click.echo(f"Caredeck on http://{host}:{port}/ (database {redact(app.config['DATABASE_URL'])})")
@@ -250,6 +255,8 @@ def serve(host: str, port: int, threads: int, demo: bool):
     try:
         waitress.serve(app, host=host, port=port, threads=threads, ident="caredeck")
     finally:
+        if embedded_scheduler is not None:
+            embedded_scheduler.stop()
         state.jobs.stop()
 
 
@@ -331,3 +338,29 @@ def consume(heartbeat_file):
     click.echo(
         f"Stopped: stored {consumer.stored} message(s), dead-lettered {consumer.dead_lettered}."
     )
+
+
+@cli.command("scheduler")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between checks for due tasks (each task has its own period).",
+)
+@click.option("--once", is_flag=True, help="Run every task once, then exit.")
+@with_appcontext
+def scheduler(interval: float, once: bool):
+    """Run the periodic tasks of every enabled plugin (report subscriptions, ...) until
+    stopped. Safe to run more than once at a time: tasks never double their work."""
+    running = scheduling.Scheduler(current_app._get_current_object(), tick=interval)
+    if once:
+        ran = running.run_due()
+        click.echo(f"Ran {len(ran)} task(s): {', '.join(ran) or 'none registered'}.")
+        return
+    names = ", ".join(s.name for s in running.schedules) or "nothing (no plugin registers a task)"
+    click.echo(f"Scheduler running {names}.")
+    thread = threading.Thread(target=running.run_forever, name="caredeck-scheduler")
+    thread.start()
+    _until_stopped(running.stop)
+    thread.join()

@@ -121,6 +121,18 @@ def caredeck_consumers(app):
 
 
 @hookspec
+def caredeck_schedules(app):
+    """Return :class:`core.scheduler.Schedule` entries: periodic tasks for the scheduler.
+
+    ``caredeck scheduler`` (and ``caredeck serve`` with the embedded task queue) calls each
+    task's ``run()`` about every ``every``, inside an app context with a database connection.
+    Name each ``<plugin>.<name>``. Two schedulers may run at once, so a task must be safe to
+    run concurrently and twice: make its effects idempotent in the database, and keep it short
+    (enqueue jobs rather than doing the work).
+    """
+
+
+@hookspec
 def caredeck_cli_commands(app):
     """Return click commands (or groups) to add to the ``caredeck`` command line."""
 

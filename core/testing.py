@@ -276,3 +276,80 @@ def s3_server():
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+# A real SMTP server for mail tests (reporting) ---------------------------------------------
+
+
+class SMTPSink:
+    """Messages accepted by the ``smtp_sink`` server: ``messages`` (parsed), ``envelopes``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.envelopes: list[Any] = []
+        self.refuse: set[str] = set()  # recipients answered 550
+        self.fail_next = 0  # answer the next N messages 451 (try again later)
+        self.sessions: list[Any] = []  # one per SMTP connection that sent a message
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}?starttls=disable"
+
+    @property
+    def messages(self) -> list[Any]:
+        import email
+        import email.policy
+
+        with self._lock:
+            raw = [envelope.content for envelope in self.envelopes]
+        return [email.message_from_bytes(data, policy=email.policy.default) for data in raw]
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.envelopes) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.messages
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return "451 4.3.0 Try again later"
+            self.envelopes.append(envelope)
+            if not any(known is session for known in self.sessions):
+                self.sessions.append(session)
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_sink():
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 at a free port, collecting what it accepts.
+
+    ``smtp_sink.url`` is an ``SMTP_URL`` for it; ``smtp_sink.messages`` the parsed messages.
+    """
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    sink = SMTPSink()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        sink.port = probe.getsockname()[1]
+    controller = Controller(sink, hostname=sink.host, port=sink.port, data_size_limit=0)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()

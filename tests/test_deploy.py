@@ -45,9 +45,10 @@ IMAGE = "caredeck"  # the image's name in the base manifests; an overlay sets re
 SECRET_NAME = "caredeck-secrets"
 GUNICORN_CONFIG_IN_IMAGE = "/etc/caredeck/gunicorn.conf.py"
 SITE_PACKAGES_IN_IMAGE = "/opt/venv/lib/python3.11/site-packages/"
-# The long-running roles: a Compose service and a Kubernetes Deployment each. The
-# scheduler joins them with the reporting plugin (issue 7), which brings its command.
-ROLES = ("web", "worker", "consumer", "publisher")
+# The long-running roles: a Compose service and a Kubernetes Deployment each.
+ROLES = ("web", "worker", "consumer", "publisher", "scheduler")
+# One replica, strategy Recreate, no PodDisruptionBudget (deploy/k8s/base/scheduler.yaml).
+SINGLE_ROLES = ("scheduler",)
 # The roles that serve HTTP: gunicorn, probed at /healthz and /readyz, behind a Service.
 HTTP_ROLES = ("web", "publisher")
 # The publisher's HTTP face: the web app with only the plugin whose endpoint it serves.
@@ -787,7 +788,10 @@ def test_kubernetes_objects_refer_to_each_other_correctly(base, overlay):
             assert len(matching) == 1, (pdb["metadata"]["name"], matching)
             assert matching[0].startswith("Deployment "), (pdb["metadata"]["name"], matching)
             budgeted.add(matching[0].removeprefix("Deployment "))
-        assert budgeted == {f"caredeck-{role}" for role in ROLES}
+        assert budgeted == {f"caredeck-{role}" for role in ROLES if role not in SINGLE_ROLES}
+        for role in SINGLE_ROLES:
+            spec = deployments[f"caredeck-{role}"]["spec"]
+            assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}, role
         migrate = find(objects, "Job", "caredeck-migrate")
         assert containers(migrate)[0]["command"] == ["caredeck", "db", "upgrade"]
         for obj in objects:

@@ -48,6 +48,18 @@ def public(view: Any) -> Any:
     return view
 
 
+CSRF_EXEMPT = "_caredeck_csrf_exempt"
+
+
+def csrf_exempt(view: Any) -> Any:
+    """Let a public page take POST without the session's CSRF token, because something else
+    in the request is the authority (a signed token in the URL, as in one-click unsubscribe
+    from an email client, which has no session). Never for a view that acts on the session's
+    user."""
+    setattr(view, CSRF_EXEMPT, True)
+    return view
+
+
 def declared(view_func: Callable, method: str, attribute: str) -> Any:
     """What the view declares with ``attribute`` for ``method``: on the MethodView method
     (HEAD falls back to GET, as Flask does), else on the class, else on the function."""
@@ -59,6 +71,10 @@ def declared(view_func: Callable, method: str, attribute: str) -> Any:
         handler = getattr(view_class, "get", None)
     value = getattr(handler, attribute, None)
     return value if value is not None else getattr(view_class, attribute, None)
+
+
+def is_csrf_exempt(view_func: Callable, method: str) -> bool:
+    return bool(declared(view_func, method, CSRF_EXEMPT))
 
 
 def declared_access(view_func: Callable, method: str) -> frozenset[str] | str | None:
@@ -140,7 +156,9 @@ def init_app(app: Flask) -> None:
         g.token = _identify()
         g.user = g.token.user if g.token else None
         if request.method in UNSAFE_METHODS and bearer_token() is None:
-            if not request.path.startswith("/api/"):
+            view = app.view_functions[request.endpoint]
+            exempt = declared == PUBLIC and is_csrf_exempt(view, request.method)
+            if not request.path.startswith("/api/") and not exempt:
                 csrf.protect()  # a cookie is ambient; a bearer token never is
         if declared == PUBLIC:
             return None

@@ -2,8 +2,8 @@
 
 The plugin has two parts, each a package that lists what it registers in module-level
 names (``SETTINGS``, ``MODELS``, ``API_BLUEPRINTS``, ``PAGE_BLUEPRINTS``, ``NAVIGATION``,
-``ACTORS``, ``CLI_COMMANDS``): the documents store, and the weekly reports, which read the
-documents but are never read by them.
+``ACTORS``, ``SCHEDULES``, ``CLI_COMMANDS``): the documents store, and the weekly reports,
+which read the documents but are never read by them.
 """
 
 from pathlib import Path
@@ -52,6 +52,11 @@ def caredeck_navigation():
 @hookimpl
 def caredeck_actors():
     return _gather("ACTORS")
+
+
+@hookimpl
+def caredeck_schedules():
+    return _gather("SCHEDULES")
 
 
 @hookimpl

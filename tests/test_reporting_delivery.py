@@ -1,0 +1,208 @@
+"""Report emails at a real SMTP server: headers, parts, the PDF attached or linked, one-click
+unsubscribe, and failures retried or recorded."""
+
+import re
+import time
+
+import itsdangerous.timed
+import pytest
+
+from core.auth.models import User
+from core.db import database
+from core.testing import ROLE_PASSWORD, run_jobs
+from plugins.reporting import plugin as reporting
+from plugins.reporting.reports import pipeline, subscriptions, tokens
+from plugins.reporting.reports import testing as fakes
+from plugins.reporting.reports.models import Delivery, ReportRun, Subscription
+
+WEEK = "2026-W47"
+PUBLIC = "https://caredeck.example.org"
+
+
+@pytest.fixture
+def caredeck_plugins():
+    return {"reporting": reporting}
+
+
+@pytest.fixture
+def app(make_app, smtp_sink):
+    return make_app(SMTP_URL=smtp_sink.url, REPORTING_PUBLIC_URL=PUBLIC)
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    return fakes.install(monkeypatch, tmp_path / "fake-store", pdf_size=3000)
+
+
+@pytest.fixture
+def readers(app, users):
+    made = []
+    with database.connection_context():
+        for n in range(3):
+            user = User.create_user(
+                f"reader{n}@example.org",
+                ROLE_PASSWORD,
+                name=f"Reader {n}",
+                role="doctor",
+                status="active",
+            )
+            made.append(
+                subscriptions.create(
+                    user,
+                    {"weekday": "monday", "time": "08:00", "timezone": "UTC", "study": None},
+                )
+            )
+    return made
+
+
+def run_week(app, client_for):
+    answer = client_for("admin").post("/api/report-runs", json={"week": WEEK})
+    assert answer.status_code == 202
+    run_jobs(app)
+    return answer.json[0]["id"]
+
+
+def test_each_reader_gets_one_email_with_text_html_pdf_and_unsubscribe_headers(
+    app, client_for, readers, fake, smtp_sink
+):
+    run_week(app, client_for)
+    messages = smtp_sink.wait_for(3)
+    assert sorted(m["To"] for m in messages) == [f"reader{n}@example.org" for n in range(3)]
+    for message in messages:
+        assert message["From"] == app.config["REPORTING_MAIL_FROM"]
+        assert WEEK in message["Subject"]
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        link = re.fullmatch(r"<(https://\S+)>", message["List-Unsubscribe"]).group(1)
+        assert link.startswith(f"{PUBLIC}/reports/unsubscribe/")
+        text = message.get_body(("plain",)).get_content()
+        html = message.get_body(("html",)).get_content()
+        assert "New documents: 3" in text and "attached" in text and link in text
+        assert "New documents" in html and link in html
+        (pdf,) = [part for part in message.iter_attachments()]
+        assert pdf.get_content_type() == "application/pdf"
+        assert pdf.get_filename() == f"caredeck-report-{WEEK}.pdf"
+        assert pdf.get_content().startswith(b"%PDF-1.4")
+    assert len(smtp_sink.sessions) == 1  # one batch, one SMTP connection
+    ids = {m["Message-ID"] for m in messages}
+    assert len(ids) == 3 and all(i.startswith("<report-") for i in ids)
+    # The same week again: nothing more.
+    run_week(app, client_for)
+    time.sleep(0.2)
+    assert len(smtp_sink.envelopes) == 3
+
+
+def test_a_server_that_says_try_later_is_retried_without_duplicates(app, readers, fake, smtp_sink):
+    smtp_sink.fail_next = 1  # the first message is answered 451
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        pipeline.render_run(run.id)
+        ids = [d.id for d in Delivery.select()]
+        with pytest.raises(pipeline.TemporaryFailure, match="451"):
+            pipeline.send_batch(run.id, ids)
+        rows = list(Delivery.select())
+        assert {r.state for r in rows} == {"pending"} and all("451" in r.error for r in rows)
+        pipeline.send_batch(run.id, ids)  # Dramatiq's retry, after its back-off
+        assert {d.state for d in Delivery.select()} == {"sent"}
+        assert ReportRun.get_by_id(run.id).state == "succeeded"
+    assert len(smtp_sink.envelopes) == 3
+
+
+def test_gives_up_after_the_attempts_and_records_it(app, readers, fake, smtp_sink):
+    smtp_sink.fail_next = 100
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        pipeline.render_run(run.id)
+        ids = [d.id for d in Delivery.select()]
+        for _ in range(pipeline.MAX_DELIVERY_ATTEMPTS):
+            with pytest.raises(pipeline.TemporaryFailure):
+                pipeline.send_batch(run.id, ids)
+        failed = ReportRun.get_by_id(run.id)
+        assert failed.state == "failed" and "gave up after 5 attempts" in failed.error
+        assert {d.state for d in Delivery.select()} == {"failed"}
+
+
+def test_a_refused_recipient_is_recorded_and_the_others_get_theirs(
+    app, client_for, readers, fake, smtp_sink
+):
+    smtp_sink.refuse = {"reader1@example.org"}
+    run_id = run_week(app, client_for)
+    assert sorted(e.rcpt_tos[0] for e in smtp_sink.envelopes) == [
+        "reader0@example.org",
+        "reader2@example.org",
+    ]
+    run = client_for("admin").get(f"/api/report-runs/{run_id}").json
+    assert (run["state"], run["sent"], run["failed"]) == ("succeeded", 2, 1)
+    assert "reader1@example.org" in run["error"] and "550" in run["error"]
+
+
+def test_a_pdf_over_the_limit_is_linked_and_the_link_expires(
+    app, client_for, readers, fake, smtp_sink
+):
+    app.config["REPORTING_ATTACHMENT_MAX_BYTES"] = 1000  # the fake PDF has 3000 bytes
+    run_week(app, client_for)
+    messages = smtp_sink.wait_for(3)
+    for message in messages:
+        assert list(message.iter_attachments()) == []
+    text = messages[0].get_body(("plain",)).get_content()
+    assert "too large to attach" in text
+    link = re.search(rf"{PUBLIC}(/reports/pdf/\S+)", text).group(1)
+    assert link in messages[0].get_body(("html",)).get_content()
+    client = app.test_client()  # no login: the signed link is the authority
+    answer = client.get(link)
+    assert answer.status_code == 200 and answer.mimetype == "application/pdf"
+    assert answer.data.startswith(b"%PDF-1.4") and len(answer.data) == 3000
+    assert client.get(link[:-3] + "xyz").status_code == 410
+    with app.test_request_context():
+        expired = _signed_long_ago(lambda: tokens.report_link_token(1), days=15)
+        wrong_kind = tokens.unsubscribe_token(1)  # another salt: not a report link
+    assert client.get(f"/reports/pdf/{expired}").status_code == 410
+    assert "expired" in client.get(f"/reports/pdf/{expired}").text
+    assert client.get(f"/reports/pdf/{wrong_kind}").status_code == 410
+
+
+def _signed_long_ago(make, days):
+    real = itsdangerous.timed.time.time
+    itsdangerous.timed.time.time = lambda: real() - days * 86400
+    try:
+        return make()
+    finally:
+        itsdangerous.timed.time.time = real
+
+
+def test_one_click_unsubscribe(app, client_for, readers, fake, smtp_sink):
+    run_week(app, client_for)
+    message = next(m for m in smtp_sink.wait_for(3) if m["To"] == "reader0@example.org")
+    link = message["List-Unsubscribe"].strip("<>").removeprefix(PUBLIC)
+    client = app.test_client()
+    # GET (what a mail scanner does) only asks.
+    page = client.get(link)
+    assert page.status_code == 200 and "Stop sending" in page.text
+    with database.connection_context():
+        assert Subscription.get_by_id(readers[0].id).cancelled_at is None
+    # POST as RFC 8058 says: no login, no CSRF token, the body the mail client sends.
+    done = client.post(link, data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    with database.connection_context():
+        assert Subscription.get_by_id(readers[0].id).cancelled_at is not None
+        assert Subscription.get_by_id(readers[1].id).cancelled_at is None
+    assert client.post(link).status_code == 200  # again: still fine
+    assert client_for("doctor").get("/api/report-subscriptions").json == []
+
+
+def test_unsubscribe_refuses_tampered_expired_and_foreign_tokens(app, readers):
+    client = app.test_client()
+    with app.test_request_context():
+        good = tokens.unsubscribe_token(readers[0].id)
+        expired = _signed_long_ago(lambda: tokens.unsubscribe_token(readers[0].id), days=91)
+        link_token = tokens.report_link_token(readers[0].id)
+    tampered = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    for token in (tampered, expired, link_token, "nonsense"):
+        assert client.get(f"/reports/unsubscribe/{token}").status_code == 400
+        assert client.post(f"/reports/unsubscribe/{token}").status_code == 400
+    assert "expired" in client.post(f"/reports/unsubscribe/{expired}").text
+    with database.connection_context():
+        assert Subscription.get_by_id(readers[0].id).cancelled_at is None
+    # Only that route skips the CSRF check: the subscriptions page still requires it.
+    assert client.post("/reports/subscriptions", data={}).status_code == 400

@@ -1,0 +1,104 @@
+"""The runs API (admins): trigger a week, dry runs, states, counts, the PDF."""
+
+from pathlib import Path
+
+import pytest
+
+from core.db import database
+from core.testing import run_jobs
+from plugins.reporting import plugin as reporting
+from plugins.reporting.reports import subscriptions
+from plugins.reporting.reports import testing as fakes
+
+WEEK = "2026-W47"
+
+
+@pytest.fixture
+def caredeck_plugins():
+    return {"reporting": reporting}
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    return fakes.install(monkeypatch, tmp_path / "fake-store")
+
+
+@pytest.fixture
+def subscribed(app, users):
+    with database.connection_context():
+        for role in ("doctor", "nurse"):
+            subscriptions.create(
+                users[role],
+                {"weekday": "monday", "time": "08:00", "timezone": "UTC", "study": None},
+            )
+
+
+def emails(app):
+    folder = Path(app.config["SMTP_URL"].removeprefix("file://"))
+    return list(folder.glob("*.eml")) if folder.exists() else []
+
+
+def test_only_admins(client, client_for):
+    assert client.get("/api/report-runs").status_code == 401
+    assert client.post("/api/report-runs", json={"week": WEEK}).status_code == 401
+    doctor = client_for("doctor")
+    assert doctor.get("/api/report-runs").status_code == 403
+    assert doctor.post("/api/report-runs", json={"week": WEEK}).status_code == 403
+    assert doctor.get("/api/report-runs/1").status_code == 403
+    assert doctor.get("/api/report-runs/1/pdf").status_code == 403
+
+
+@pytest.mark.parametrize("week", ["2026-47", "2026-W54", "2027-W53", "W47", "", None])
+def test_the_week_is_validated(client_for, week):
+    answer = client_for("admin").post("/api/report-runs", json={"week": week})
+    assert answer.status_code == 422 and "week" in answer.json["errors"]["json"]
+
+
+def test_a_dry_run_renders_and_counts_but_sends_nothing(app, client_for, subscribed, fake):
+    admin = client_for("admin")
+    (dry,) = admin.post("/api/report-runs", json={"week": WEEK, "dry_run": True}).json
+    assert dry["dry_run"] is True and dry["state"] == "queued"
+    run_jobs(app)
+    done = admin.get(f"/api/report-runs/{dry['id']}").json
+    assert done["state"] == "succeeded" and done["recipients"] == 2
+    assert (done["sent"], done["pending"]) == (0, 0)
+    assert done["rendered_at"] and done["finished_at"] and done["totals"]["new"] == 3
+    assert emails(app) == []
+    pdf = admin.get(done["pdf"])
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
+    assert pdf.data.startswith(b"%PDF") and "attachment" in pdf.headers["Content-Disposition"]
+    # A dry run does not stand in for the real one, nor does a second dry run reuse it.
+    (second,) = admin.post("/api/report-runs", json={"week": WEEK, "dry_run": True}).json
+    (real,) = admin.post("/api/report-runs", json={"week": WEEK}).json
+    assert len({dry["id"], second["id"], real["id"]}) == 3
+    run_jobs(app)
+    assert len(emails(app)) == 2
+
+
+def test_list_filter_and_one(app, client_for, subscribed, fake):
+    admin = client_for("admin")
+    admin.post("/api/report-runs", json={"week": "2026-W46"})
+    admin.post("/api/report-runs", json={"week": WEEK, "study": "ONCO-7", "dry_run": True})
+    listed = admin.get("/api/report-runs")
+    assert [r["week"] for r in listed.json] == [WEEK, "2026-W46"]
+    assert "X-Pagination" in listed.headers
+    assert [r["study"] for r in admin.get(f"/api/report-runs?week={WEEK}").json] == ["ONCO-7"]
+    assert admin.get("/api/report-runs?state=succeeded").json == []
+    run_jobs(app)
+    assert len(admin.get("/api/report-runs?state=succeeded").json) == 2
+    assert admin.get("/api/report-runs/999").status_code == 404
+    first = listed.json[1]
+    one = admin.get(f"/api/report-runs/{first['id']}").json
+    assert one["state"] == "succeeded" and one["sent"] == 2
+    assert one["created_at"] <= one["started_at"] <= one["rendered_at"] <= one["finished_at"]
+
+
+def test_a_run_without_a_pdf_yet(client_for, subscribed):
+    admin = client_for("admin")
+    (run,) = admin.post("/api/report-runs", json={"week": WEEK}).json
+    answer = admin.get(f"/api/report-runs/{run['id']}/pdf")
+    assert answer.status_code == 404 and "no PDF yet" in answer.json["message"]
+
+
+def test_a_week_without_subscribers_starts_nothing(client_for):
+    assert client_for("admin").post("/api/report-runs", json={"week": WEEK}).json == []
