@@ -151,7 +151,7 @@ def generate(app, documents: int, images: int) -> dict:
     from core.db import database
     from plugins.reporting.documents.models import Document, DocumentChange
     from plugins.reporting.documents.storage import store_for
-    from plugins.reporting.reports.render import week_bounds
+    from plugins.reporting.reports.timing import week_bounds
 
     rng = random.Random(SEED)
     store = store_for(app)

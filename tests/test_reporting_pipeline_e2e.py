@@ -105,7 +105,7 @@ def test_upload_subscribe_run_the_week_three_emails_then_nothing(
         )
         assert answer.status_code == 201
 
-    week = timing.week_label(utcnow().date())
+    week = timing.format_week(utcnow().date())
     admin = client_for("admin")
     (run,) = admin.post("/api/report-runs", json={"week": week}).json
     done = wait_for_run(admin, run["id"])

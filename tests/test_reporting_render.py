@@ -18,13 +18,12 @@ from pypdf import PdfReader
 from core.db import database
 from plugins.reporting import plugin as reporting
 from plugins.reporting.reports import images, render
-from plugins.reporting.reports.render import (
-    Rendered,
+from plugins.reporting.reports.render import Rendered, render_report
+from plugins.reporting.reports.timing import (
     day_bounds,
     last_full_week,
     parse_week,
     previous_week,
-    render_report,
     week_bounds,
     week_of,
 )

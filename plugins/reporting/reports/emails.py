@@ -69,7 +69,8 @@ def compose(
     link = None
     if pdf_part is None:
         link = public_url(f"/reports/pdf/{tokens.report_link_token(run_id)}")
-    first, last = timing.week_bounds(week)
+    first = timing.week_monday(week)
+    last = first + datetime.timedelta(days=6)
     scope = f"study {study}" if study else "all studies"
     context = {
         "name": name,

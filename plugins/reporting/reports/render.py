@@ -24,7 +24,6 @@ import datetime
 import hashlib
 import io
 import logging
-import re
 import time
 import zoneinfo
 from collections import defaultdict
@@ -38,95 +37,9 @@ from peewee import SQL, Case, fn
 
 from core.db import database, is_sqlite
 from plugins.reporting.reports import chart, images
+from plugins.reporting.reports.timing import day_bounds, parse_week, week_monday
 
 log = logging.getLogger(__name__)
-
-# ISO weeks ----------------------------------------------------------------------------
-#
-# A week runs from Monday 00:00 to the next Monday 00:00 *local* time, so a week holding a
-# daylight-saving change lasts 167 or 169 hours: bounds are built from local dates and only
-# then turned into instants, never by adding 7 x 24 hours to an instant.
-
-_WEEK = re.compile(r"(\d{4})-W(\d{2})")
-
-
-def _zone(timezone: str | datetime.tzinfo) -> datetime.tzinfo:
-    return zoneinfo.ZoneInfo(timezone) if isinstance(timezone, str) else timezone
-
-
-def parse_week(week: str) -> tuple[int, int]:
-    """``"2026-W47"`` -> ``(2026, 47)``; a ``ValueError`` naming the text otherwise."""
-    match = _WEEK.fullmatch(week) if isinstance(week, str) else None
-    if match:
-        year, number = int(match[1]), int(match[2])
-        try:
-            datetime.date.fromisocalendar(year, number, 1)
-        except ValueError:
-            match = None
-    if not match:
-        raise ValueError(
-            f"{week!r} is not an ISO week: write it as YYYY-Www, such as 2026-W47 "
-            "(weeks 01 to 52, or 53 in a year that has one)"
-        )
-    return year, number
-
-
-def format_week(day: datetime.date) -> str:
-    """The ISO week holding the date ``day``, as ``YYYY-Www``."""
-    year, number, _ = day.isocalendar()
-    return f"{year:04d}-W{number:02d}"
-
-
-def week_monday(week: str) -> datetime.date:
-    """The Monday (a date) that starts ``week``."""
-    year, number = parse_week(week)
-    return datetime.date.fromisocalendar(year, number, 1)
-
-
-def day_bounds(week: str, timezone: str | datetime.tzinfo) -> list[datetime.datetime]:
-    """The eight local midnights from Monday 00:00 of ``week`` to the next Monday 00:00 in
-    ``timezone``, as aware UTC datetimes.
-
-    UTC because Python subtracts two datetimes of the same zone by wall clock: in local
-    time the week of an autumn change would seem 7 x 24 hours long, not 169. (Where a zone
-    skips midnight, zoneinfo's ``fold=0`` reading gives the day's first instant that exists.)
-    """
-    monday = week_monday(week)
-    zone = _zone(timezone)
-    return [
-        datetime.datetime.combine(
-            monday + datetime.timedelta(days=i), datetime.time(0), zone
-        ).astimezone(datetime.UTC)
-        for i in range(8)
-    ]
-
-
-def week_bounds(
-    week: str, timezone: str | datetime.tzinfo
-) -> tuple[datetime.datetime, datetime.datetime]:
-    """``(start, end)``: Monday 00:00 and the next Monday 00:00 local time in ``timezone``,
-    as aware UTC datetimes; the week holds the instants ``start <= t < end``."""
-    bounds = day_bounds(week, timezone)
-    return bounds[0], bounds[-1]
-
-
-def week_of(moment: datetime.datetime, timezone: str | datetime.tzinfo) -> str:
-    """The ISO week that holds the aware ``moment`` in ``timezone``."""
-    if moment.tzinfo is None:
-        raise ValueError("week_of needs an aware datetime: a naive one is ambiguous")
-    return format_week(moment.astimezone(_zone(timezone)).date())
-
-
-def previous_week(week: str) -> str:
-    """The ISO week before ``week`` (``"2026-W01"`` -> ``"2025-W53"`` or ``"2025-W52"``)."""
-    return format_week(week_monday(week) - datetime.timedelta(days=7))
-
-
-def last_full_week(moment: datetime.datetime, timezone: str | datetime.tzinfo) -> str:
-    """The last week that had ended by ``moment`` in ``timezone``: what a weekly report
-    sent at ``moment`` covers."""
-    return previous_week(week_of(moment, timezone))
-
 
 # The report ---------------------------------------------------------------------------
 
