@@ -7,8 +7,14 @@ import io
 import random
 import re
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 import zlib
 from itertools import combinations
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -137,6 +143,48 @@ def bomb_png(width=60_000, height=60_000) -> bytes:
     return bytes(data)
 
 
+def flat_png(width: int, height: int) -> bytes:
+    """An RGBA PNG of one colour, compressed row by row (never held decoded here)."""
+    row = b"\x00" + bytes([10, 200, 30, 128]) * width  # filter type 0, then the pixels
+    squeeze = zlib.compressobj(1)
+    body = b"".join([*(squeeze.compress(row) for _ in range(height)), squeeze.flush()])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8 bits, RGBA
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+_PEAK_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    from plugins.reporting.reports import images
+    with open(sys.argv[1], "rb") as source:
+        data = source.read()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    facts = images.examine(data, thumbnail=True)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) // 1024, facts.width, facts.height, facts.unreadable is None)
+    """
+)
+
+
+def peak_examining(path) -> tuple[int, int, int, bool]:
+    """In a fresh process: how much ``examine`` raised the peak resident memory (MB), and
+    the width, height and readability it found."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout.split()
+    return int(out[0]), int(out[1]), int(out[2]), out[3] == "True"
+
+
 # ISO weeks --------------------------------------------------------------------------
 
 
@@ -206,6 +254,66 @@ def test_examine_reads_dimensions_and_refuses_bombs_and_non_images():
     for junk in (b"", b"not an image at all", encode(picture(1), "PNG")[:300]):
         facts = images.examine(junk)
         assert facts.unreadable and facts.dhash is None
+
+
+def test_examining_a_large_image_holds_one_decoded_copy(tmp_path):
+    """The reviewer's 6,300 x 6,300 RGBA PNG (700 KB) raised the peak by 455 MB: it is over
+    the pixel limit now and is not decoded. The largest image still decoded (16 MP, 64 MB
+    as RGBA) costs about one decoded copy, not five (217 MB before)."""
+    over = tmp_path / "over.png"
+    over.write_bytes(flat_png(6300, 6300))
+    grown, width, height, readable = peak_examining(over)
+    assert (width, height, readable) == (6300, 6300, False)
+    assert grown < 150, f"{grown} MB"
+
+    largest = tmp_path / "largest.png"
+    largest.write_bytes(flat_png(4000, 4000))
+    assert 4000 * 4000 <= images.MAX_PIXELS
+    grown, width, height, readable = peak_examining(largest)
+    assert (width, height, readable) == (4000, 4000, True)
+    assert grown < 100, f"{grown} MB"
+
+
+def test_examine_reads_a_file_object_and_thumbnails_upright():
+    photo = picture(3, (800, 600))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: turn 90 degrees clockwise to show it
+    data = encode(photo, "JPEG", exif=exif.tobytes())
+    facts = images.examine(io.BytesIO(data), thumbnail=True)
+    assert (facts.width, facts.height, facts.unreadable) == (800, 600, None)
+    assert Image.open(io.BytesIO(facts.thumbnail)).size == (96, 128)
+    assert facts.dhash == images.examine(data).dhash
+
+
+def test_decodes_run_at_most_decode_slots_at_once(app, monkeypatch):
+    """Eight threads read and hash files; only images.DECODE_SLOTS decode at once."""
+    running, most, lock = [0], [0], threading.Lock()
+    real = images._decode
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", counted)
+    library = Library(app)
+    for index in range(12):
+        library.add(
+            f"p{index}.png",
+            encode(picture(200 + index, (320, 240)), "PNG"),
+            content_type="image/png",
+            at=local(2026, 10, 22),
+        )
+    rendered = render_report(None, WEEK, app=app)
+    assert (rendered.totals["images"], rendered.totals["unreadable"]) == (12, 0)
+    assert render.WORKERS > images.DECODE_SLOTS
+    assert 1 <= most[0] <= images.DECODE_SLOTS
 
 
 def test_dhash_is_stable_under_re_encoding_and_small_edits():

@@ -5,30 +5,60 @@ Uploaded files are user data: a file with an image content type may be anything,
 400-byte PNG can declare 50,000 x 50,000 pixels. So the header's size is checked before any
 pixel is decoded, and whatever Pillow raises on a broken file makes the image "unreadable"
 (listed in the report) instead of failing the report.
+
+Memory: an image is decoded by at most ``DECODE_SLOTS`` threads at once, whatever the number
+of threads reading files (``render.WORKERS``); a JPEG is decoded at up to 1/8 scale
+(``Image.draft``), and every decoded image is shrunk at once to at most ``WORK_SIZE`` pixels
+on its longer side, without a full-size copy: the hash and the thumbnail are made from that.
+So one decode holds at most ``MAX_PIXELS`` x 4 bytes (RGBA) plus the file's bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from typing import BinaryIO
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
-# 40 megapixels: a 7,000 x 5,700 scan fits; decoded as RGBA it is 160 MB, the most one
-# report worker thread should hold. Pillow's own guard (MAX_IMAGE_PIXELS) is a
-# process-wide setting other code may rely on, so this limit is checked here instead.
-MAX_PIXELS = 40_000_000
+# The most pixels decoded for one image, counted after a JPEG's reduced decoding (so a JPEG
+# whose header declares up to 64 times this is still decoded, at 1/8 scale). 16 megapixels
+# decoded as RGBA is 64 MB, and at most DECODE_SLOTS (2) decodes run at once: about 130 MB for
+# the images of a report, whatever the number of threads. It covers a 12-megapixel phone
+# photograph, an A4 page scanned at 400 dpi (15.5 MP) and any JPEG up to 1 gigapixel.
+# Larger PNG, TIFF, WebP or BMP files (an A4 page at 600 dpi saved as PNG is 35 MP) are
+# listed as over the limit with their dimensions, read from the header: the report only
+# needs a 128-pixel thumbnail and a 9 x 8 hash from them, not 140 MB of pixels each.
+# Pillow's own guard (MAX_IMAGE_PIXELS) is a process-wide setting other code may rely on,
+# so this limit is checked here instead.
+MAX_PIXELS = 16_000_000
+# Decodes at once, in the whole process: the threads reading files (MD5) wait here.
+DECODE_SLOTS = 2
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 # A file larger than this is not decoded (its MD5 is still verified, streamed).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 THUMBNAIL_SIZE = 128  # pixels, the longer side of a contact-sheet thumbnail
+# Every decoded image is shrunk to this (longer side) before hashing and thumbnailing.
+WORK_SIZE = THUMBNAIL_SIZE * 2
 HASH_BITS = 64
 # Two images whose 64-bit dHashes differ in at most this many bits are near-duplicates:
 # the same picture re-encoded or slightly edited moves a few bits; different pictures
 # differ in about half of them.
 NEAR_DUPLICATE_BITS = 6
+# EXIF orientation -> the transposition that puts the picture upright (as ImageOps does).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -43,32 +73,30 @@ class ImageFacts:
     unreadable: str | None = None  # the reason, when the file could not be decoded
 
 
-def examine(data: bytes, *, thumbnail: bool = False) -> ImageFacts:
-    """Decode ``data`` safely: dimensions, dHash and, if asked, a JPEG thumbnail."""
+def examine(data: bytes | BinaryIO, *, thumbnail: bool = False) -> ImageFacts:
+    """Decode ``data`` (bytes, or a seekable binary file, read from where it stands) safely:
+    dimensions, dHash and, if asked, a JPEG thumbnail."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        with Image.open(source) as image:
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when asked: much faster, much smaller, and
+            # both the hash and a thumbnail need far fewer pixels than a photograph has.
+            image.draft("RGB", (WORK_SIZE, WORK_SIZE))
+            decoded = image.size[0] * image.size[1]
+            if decoded > MAX_PIXELS:
                 return ImageFacts(
                     width,
                     height,
                     image.format,
                     unreadable=(
                         f"{width} x {height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                        "(not decoded: a possible decompression bomb)"
+                        "(not decoded: too large for the report, or a possible decompression "
+                        "bomb)"
                     ),
                 )
-            # JPEG decodes at 1/2, 1/4 or 1/8 scale when asked: much faster, and both the
-            # hash and a thumbnail need far fewer pixels than an 800 x 600 photograph has.
-            image.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))
-            image.load()
-            return ImageFacts(
-                width,
-                height,
-                image.format,
-                dhash=dhash(image),
-                thumbnail=_thumbnail(image) if thumbnail else None,
-            )
+            with _decode_slots:
+                return _decode(image, width, height, thumbnail)
     except Image.DecompressionBombError as error:
         return ImageFacts(unreadable=f"not decoded: a possible decompression bomb ({error})")
     # Pillow raises many types on a broken file (OSError, SyntaxError, ValueError,
@@ -76,6 +104,48 @@ def examine(data: bytes, *, thumbnail: bool = False) -> ImageFacts:
     except Exception as error:  # noqa: BLE001
         reason = str(error) or type(error).__name__
         return ImageFacts(unreadable=f"cannot be decoded as an image: {reason}"[:300])
+
+
+def _decode(image: Image.Image, width: int, height: int, thumbnail: bool) -> ImageFacts:
+    """Decode (the one full-size buffer), shrink at once, then hash and thumbnail the small
+    image. Called under ``_decode_slots``."""
+    upright = None
+    if thumbnail:  # a broken EXIF block costs the rotation, not the image
+        with contextlib.suppress(Exception):
+            upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation))
+    image.load()
+    small = shrink(image, WORK_SIZE)
+    image.close()  # the full-size pixels go now, not when the caller's ``with`` ends
+    return ImageFacts(
+        width,
+        height,
+        image.format,
+        dhash=dhash(small),
+        thumbnail=_thumbnail(small, upright) if thumbnail else None,
+    )
+
+
+def shrink(image: Image.Image, size: int) -> Image.Image:
+    """``image`` with its longer side at most ``size`` (box-averaged), as a new small image;
+    the only full-size copy made is for palette and 1-bit images (1 to 4 bytes a pixel)."""
+    if image.mode in ("1", "P", "PA"):  # averaging palette indices means nothing
+        if image.mode == "1":
+            image = image.convert("L")
+        else:
+            has_alpha = image.mode == "PA" or "transparency" in image.info
+            image = image.convert("RGBA" if has_alpha else "RGB")
+    longer = max(image.size)
+    if longer <= size:
+        return image.copy()
+    target = (
+        max(1, round(image.size[0] * size / longer)),
+        max(1, round(image.size[1] * size / longer)),
+    )
+    if image.mode in ("LA", "RGBA"):
+        # Image.resize first converts these to premultiplied alpha, a full-size copy; the
+        # hash and the thumbnail drop the alpha anyway, so resample the channels as they are.
+        return image._new(image.im.resize(target, Image.Resampling.BOX, (0, 0, *image.size)))
+    return image.resize(target, Image.Resampling.BOX)
 
 
 def dhash(image: Image.Image) -> int:
@@ -91,13 +161,12 @@ def dhash(image: Image.Image) -> int:
     return value
 
 
-def _thumbnail(image: Image.Image) -> bytes:
-    # Phone photographs are often stored rotated; a broken EXIF block costs the rotation,
-    # not the image.
-    with contextlib.suppress(Exception):
-        image = ImageOps.exif_transpose(image)
+def _thumbnail(image: Image.Image, upright: Image.Transpose | None = None) -> bytes:
+    """A JPEG thumbnail of a small image (see ``shrink``), turned upright."""
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGBA").convert("RGB") if "A" in image.mode else image.convert("RGB")
+    if upright is not None:
+        image = image.transpose(upright)
     thumb = image.copy()
     thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
     out = io.BytesIO()

@@ -24,6 +24,7 @@ import datetime
 import hashlib
 import io
 import logging
+import tempfile
 import time
 import zoneinfo
 from collections import defaultdict
@@ -53,6 +54,9 @@ THUMBNAIL_POINTS = 72
 # 10,000 files): each S3 read costs this process about 1.8 ms of CPU in botocore, which
 # threads cannot share out: the floor of the file checks on S3 is about 18 s.
 WORKERS = 8
+# Images are decoded by at most images.DECODE_SLOTS of them at once (images.py).
+# An image file's bytes are kept in memory up to this, then spooled to a temporary file.
+SPOOL_BYTES = 8 * 1024 * 1024
 CHUNK = 1024 * 1024
 TEMPLATE = "reporting/report.html"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -286,36 +290,43 @@ def _check_file(store, file: _NewFile, thumbnail: bool) -> _Checked:
     digest = hashlib.md5(usedforsecurity=False)
     size = 0
     keep = _is_image(file.content_type)
-    buffer = bytearray() if keep else None
-    try:
-        for chunk in store.open(file.location):
-            digest.update(chunk)
-            size += len(chunk)
-            if buffer is not None:
-                if size > images.MAX_IMAGE_BYTES:
-                    buffer = None  # still hashed to the end, never decoded
-                else:
-                    buffer += chunk
-    except Missing:
-        return _Checked(file, "missing", "the file is not in the store")
-    if size != file.size:
-        status, detail = "corrupt", f"{size:,} bytes in the store, {file.size:,} recorded"
-    elif digest.hexdigest() != (file.md5 or "").lower():
-        status, detail = "corrupt", f"MD5 {digest.hexdigest()}, {file.md5} recorded"
-    else:
-        status, detail = "ok", ""
-    if not keep:
-        return _Checked(file, status, detail)
-    if buffer is None:
-        facts = images.ImageFacts(
-            unreadable=f"{size:,} bytes is over the {images.MAX_IMAGE_BYTES:,}-byte limit "
-            "for decoding"
+    with contextlib.ExitStack() as stack:
+        # An image's bytes are kept for decoding: in memory up to SPOOL_BYTES, then in a
+        # temporary file, so WORKERS threads hold at most WORKERS x SPOOL_BYTES between them.
+        buffer = (
+            stack.enter_context(tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
+            if keep
+            else None
         )
-    else:
+        try:
+            for chunk in store.open(file.location):
+                digest.update(chunk)
+                size += len(chunk)
+                if buffer is not None:
+                    if size > images.MAX_IMAGE_BYTES:
+                        buffer = None  # still hashed to the end, never decoded
+                    else:
+                        buffer.write(chunk)
+        except Missing:
+            return _Checked(file, "missing", "the file is not in the store")
+        if size != file.size:
+            status, detail = "corrupt", f"{size:,} bytes in the store, {file.size:,} recorded"
+        elif digest.hexdigest() != (file.md5 or "").lower():
+            status, detail = "corrupt", f"MD5 {digest.hexdigest()}, {file.md5} recorded"
+        else:
+            status, detail = "ok", ""
+        if not keep:
+            return _Checked(file, status, detail)
+        if buffer is None:
+            facts = images.ImageFacts(
+                unreadable=f"{size:,} bytes is over the {images.MAX_IMAGE_BYTES:,}-byte limit "
+                "for decoding"
+            )
+            return _Checked(file, status, detail, facts)
+        buffer.seek(0)
         clock = time.perf_counter()
-        facts = images.examine(bytes(buffer), thumbnail=thumbnail)
+        facts = images.examine(buffer, thumbnail=thumbnail)  # no copy of the bytes
         return _Checked(file, status, detail, facts, time.perf_counter() - clock)
-    return _Checked(file, status, detail, facts)
 
 
 def _assemble(
