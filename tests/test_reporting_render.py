@@ -316,6 +316,41 @@ def test_decodes_run_at_most_decode_slots_at_once(app, monkeypatch):
     assert 1 <= most[0] <= images.DECODE_SLOTS
 
 
+def sixteen_bit(image: Image.Image, scale: int = 257) -> Image.Image:
+    """A 16-bit greyscale (I;16) copy of an 8-bit picture, each grey value times ``scale``
+    (257: the full 16 bits; 16: 12 bits, as many detectors write)."""
+    grey = image.convert("L")
+    values = [value * scale for value in grey.tobytes()]
+    return Image.frombytes("I;16", grey.size, struct.pack(f"<{len(values)}H", *values))
+
+
+def test_sixteen_bit_greyscale_images_hash_and_thumbnail_by_their_content():
+    """convert("L") clipped 16-bit pixels to white: every 16-bit image hashed to 0."""
+    rng = random.Random(16)
+    noise = []
+    for _ in range(3):
+        values = [rng.randrange(1000, 61000) for _ in range(72 * 64)]
+        image = Image.frombytes("I;16", (72, 64), struct.pack(f"<{len(values)}H", *values))
+        data = encode(image, "PNG")
+        assert Image.open(io.BytesIO(data)).mode == "I;16"
+        noise.append(images.examine(data, thumbnail=True))
+    assert all(facts.unreadable is None for facts in noise)
+    hashes = {index: facts.dhash for index, facts in enumerate(noise)}
+    assert images.near_duplicate_groups(hashes) == []
+
+    photo = picture(21)
+    deep = images.examine(encode(sixteen_bit(photo), "PNG"), thumbnail=True)
+    shallow = images.examine(encode(photo.convert("L"), "PNG"))
+    assert deep.dhash != 0
+    assert (deep.dhash ^ shallow.dhash).bit_count() <= images.NEAR_DUPLICATE_BITS
+    # 12 bits used of 16: stretched, not drawn nearly black.
+    twelve = images.examine(encode(sixteen_bit(photo, 16), "PNG"))
+    assert (twelve.dhash ^ shallow.dhash).bit_count() <= images.NEAR_DUPLICATE_BITS
+    thumb = Image.open(io.BytesIO(deep.thumbnail)).convert("L")
+    low, high = thumb.getextrema()
+    assert high - low > 100  # not a white (or black) square
+
+
 def test_dhash_is_stable_under_re_encoding_and_small_edits():
     original = picture(7)
     edited = original.copy()

@@ -49,6 +49,9 @@ HASH_BITS = 64
 # the same picture re-encoded or slightly edited moves a few bits; different pictures
 # differ in about half of them.
 NEAR_DUPLICATE_BITS = 6
+# Modes with more than 8 bits per channel: stretched from their lowest to their highest
+# value onto 0-255 before hashing or drawing (a plain convert("L") clips them to white).
+_HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # EXIF orientation -> the transposition that puts the picture upright (as ImageOps does).
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -148,10 +151,25 @@ def shrink(image: Image.Image, size: int) -> Image.Image:
     return image.resize(target, Image.Resampling.BOX)
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with at most 8 bits a channel: a 16-bit or 32-bit greyscale image is
+    stretched from its lowest to its highest value onto 0-255 (medical images often use 10
+    or 12 of their 16 bits; a plain ``convert("L")`` clips everything over 255 to white).
+    Meant for small images (it makes a 4-byte-a-pixel copy)."""
+    if image.mode not in _HIGH_DEPTH:
+        return image
+    values = image.convert("F")
+    low, high = values.getextrema()
+    if high <= low:
+        return Image.new("L", image.size, 0)
+    scale = 255.0 / (high - low)
+    return values.point(lambda v: v * scale - low * scale).convert("L")
+
+
 def dhash(image: Image.Image) -> int:
     """The 64-bit difference hash: 9 x 8 grey pixels, one bit per horizontal neighbour
     pair (is the left one brighter?). Robust to re-encoding, scaling and small edits."""
-    small = image.convert("L").resize((9, 8), Image.Resampling.BOX)
+    small = eight_bit(image).convert("L").resize((9, 8), Image.Resampling.BOX)
     pixels = small.tobytes()
     value = 0
     for row in range(8):
@@ -163,6 +181,7 @@ def dhash(image: Image.Image) -> int:
 
 def _thumbnail(image: Image.Image, upright: Image.Transpose | None = None) -> bytes:
     """A JPEG thumbnail of a small image (see ``shrink``), turned upright."""
+    image = eight_bit(image)
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGBA").convert("RGB") if "A" in image.mode else image.convert("RGB")
     if upright is not None:
