@@ -517,6 +517,38 @@ def test_missing_and_corrupt_files_are_listed(app):
     assert good.id
 
 
+def test_a_document_deleted_while_the_report_is_made_is_not_a_missing_file(app, monkeypatch):
+    """The week's figures come from one snapshot; the files are read after it. A document
+    deleted in between (its file removed at once) was listed as a missing file."""
+    from plugins.reporting.documents import records
+
+    library = Library(app)
+    kept = library.add("kept.pdf", b"k" * 10, at=local(2026, 10, 20))
+    deleted = library.add("deleted meanwhile.pdf", b"d" * 10, at=local(2026, 10, 20))
+    lost = library.add("lost.pdf", b"l" * 10, at=local(2026, 10, 21))
+    (library.store.root / lost.file_location).unlink()  # really missing
+    real = render._check_files
+
+    def racing(app_, files):
+        with app_.app_context(), database.connection_context():
+            assert records.delete(deleted.id, "nurse@example.org")  # an ordinary delete
+        assert not (library.store.root / deleted.file_location).exists()
+        return real(app_, files)
+
+    monkeypatch.setattr(render, "_check_files", racing)
+    rendered = render_report(None, WEEK, app=app)
+    totals = rendered.totals
+    assert (totals["new"], totals["verified"], totals["missing"]) == (3, 1, 1)
+    assert totals["deleted_meanwhile"] == 1
+    text = pdf_text(rendered.pdf)
+    assert "Missing files: 1" in text
+    assert "Deleted while the report was made: 1" in text
+    assert re.search(rf"{lost.id} lost.pdf missing", text)
+    assert not re.search(rf"{deleted.id} deleted meanwhile.pdf missing", text)
+    assert re.search(rf"{deleted.id} deleted meanwhile.pdf", text)
+    assert kept.id
+
+
 def test_images_dimensions_near_duplicates_and_unreadable_files(app):
     library = Library(app)
     original = picture(11)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -67,7 +68,9 @@ _NO_STUDY = "(no study)"
 class Rendered:
     """A compiled weekly report. ``totals`` holds (ints): ``new``, ``updated``, ``deleted``,
     ``new_bytes``, ``updated_bytes``, ``deleted_bytes``, ``verified`` (new files whose MD5
-    matched), ``missing``, ``corrupt``, ``images`` (new images examined), ``unreadable``
+    matched), ``missing``, ``corrupt``, ``deleted_meanwhile`` (new documents deleted while
+    the report was made: counted as new, their files not checked), ``images`` (new images
+    examined), ``unreadable``
     (images that could not be decoded), ``near_duplicates`` (images in a near-duplicate
     group), ``near_duplicate_groups``."""
 
@@ -93,7 +96,7 @@ class _NewFile:
 @dataclass(frozen=True)
 class _Checked:
     file: _NewFile
-    status: str  # ok, missing, corrupt
+    status: str  # ok, missing, corrupt, deleted (while the report was made)
     detail: str = ""
     image: images.ImageFacts | None = None
     image_seconds: float = 0.0  # spent decoding, hashing and thumbnailing
@@ -130,6 +133,11 @@ def render_report(study: str | None, week: str, *, app=None) -> Rendered:
     clock = time.perf_counter()
     checked = _check_files(app, facts["new_files"])
     timings["files"] = time.perf_counter() - clock  # reading, MD5 and images, in threads
+    # The file checks run after the snapshot, outside it: a document deleted meanwhile
+    # (its file removed at once) is not a missing file.
+    clock = time.perf_counter()
+    checked = _deleted_meanwhile(checked)
+    timings["recheck"] = time.perf_counter() - clock
     timings["images_in_threads"] = sum(item.image_seconds for item in checked)
 
     clock = time.perf_counter()
@@ -329,6 +337,31 @@ def _check_file(store, file: _NewFile, thumbnail: bool) -> _Checked:
         return _Checked(file, status, detail, facts, time.perf_counter() - clock)
 
 
+RECHECK_BATCH = 500  # ids per query when looking again for the documents of missing files
+
+
+def _deleted_meanwhile(checked: list[_Checked]) -> list[_Checked]:
+    """Each file found missing whose document no longer exists (asked again, after the file
+    checks) becomes ``deleted``: deleted while the report was made, not a missing file."""
+    from plugins.reporting.documents.models import Document
+
+    missing = [item.file.id for item in checked if item.status == "missing"]
+    if not missing:
+        return checked
+    remaining: set[int] = set()
+    with _connection():
+        for start in range(0, len(missing), RECHECK_BATCH):
+            batch = missing[start : start + RECHECK_BATCH]
+            query = Document.select(Document.id).where(Document.id.in_(batch)).tuples()
+            remaining.update(document_id for (document_id,) in query)
+    return [
+        dataclasses.replace(item, status="deleted", detail="deleted while the report was made")
+        if item.status == "missing" and item.file.id not in remaining
+        else item
+        for item in checked
+    ]
+
+
 def _assemble(
     study: str | None,
     week: str,
@@ -344,10 +377,12 @@ def _assemble(
         totals[kind] = sum(count for count, _ in cells.values())
         totals[f"{kind}_bytes"] = sum(total for _, total in cells.values())
 
-    problems = [item for item in checked if item.status != "ok"]
+    problems = [item for item in checked if item.status in ("missing", "corrupt")]
+    deleted_meanwhile = [item for item in checked if item.status == "deleted"]
     totals["verified"] = sum(item.status == "ok" for item in checked)
     totals["missing"] = sum(item.status == "missing" for item in checked)
     totals["corrupt"] = sum(item.status == "corrupt" for item in checked)
+    totals["deleted_meanwhile"] = len(deleted_meanwhile)
 
     examined = [item for item in checked if item.image is not None]
     readable = [item for item in examined if item.image.unreadable is None]
@@ -396,6 +431,8 @@ def _assemble(
         "chart": _data_uri("image/png", chart_png),
         "problems": problems[:LISTED_ROWS],
         "problems_more": max(len(problems) - LISTED_ROWS, 0),
+        "deleted_meanwhile": deleted_meanwhile[:LISTED_ROWS],
+        "deleted_meanwhile_more": max(len(deleted_meanwhile) - LISTED_ROWS, 0),
         "unreadable": unreadable[:LISTED_ROWS],
         "unreadable_more": max(len(unreadable) - LISTED_ROWS, 0),
         "dimensions": _dimensions(readable),
