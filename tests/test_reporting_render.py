@@ -72,6 +72,7 @@ class Library:
         content_type="application/pdf",
         study=None,
         updated=(),
+        moves=(),
         deleted=None,
     ):
         from plugins.reporting.documents.models import Document, DocumentChange
@@ -85,10 +86,10 @@ class Library:
                 size=stored.size,
                 md5=stored.md5,
                 content_type=content_type,
-                study=study,
+                study=moves[-1][1] if moves else study,
                 uploaded_by="doctor@example.org",
                 created_at=at,
-                updated_at=max([at, *updated]),
+                updated_at=max([at, *updated, *(moment for moment, _ in moves)]),
             )
             snapshot = {
                 "document_id": document.id,
@@ -102,6 +103,9 @@ class Library:
             }
             DocumentChange.create(action="created", at=at, **snapshot)
             for moment in updated:
+                DocumentChange.create(action="updated", at=moment, **snapshot)
+            for moment, to_study in moves:  # (when, to which study), in order
+                snapshot["study"] = to_study
                 DocumentChange.create(action="updated", at=moment, **snapshot)
             if deleted is not None:
                 DocumentChange.create(action="deleted", at=deleted, **snapshot)
@@ -492,6 +496,53 @@ def test_week_counts_per_study_and_type_and_scope(app):
     nothing = render_report("S3", WEEK, app=app)
     assert (nothing.totals["new"], nothing.totals["images"]) == (0, 0)
     assert "New documents: 0" in pdf_text(nothing.pdf)
+
+
+def test_a_document_moved_out_of_a_study_shows_in_its_report(app):
+    """A document counts under the study it ended the week in; the report of a study it
+    left during the week lists it as moved out (it used to vanish from that report)."""
+    library = Library(app)
+    before = local(2026, 9, 1)
+
+    def add(name, **options):
+        options.setdefault("at", before)
+        library.add(name, b"m" * 10, **options)
+
+    add("old moved.pdf", study="A", moves=[(local(2026, 10, 21), "B")])
+    add("new moved.pdf", at=local(2026, 10, 20), study="A", moves=[(local(2026, 10, 22), "B")])
+    add(
+        "round trip.pdf",
+        study="A",
+        moves=[(local(2026, 10, 20), "B"), (local(2026, 10, 22), "A")],
+    )
+    add("moved in.pdf", study="B", moves=[(local(2026, 10, 23), "A")])
+    add("moved long ago.pdf", study="A", moves=[(local(2026, 10, 1), "B")])
+    add("created and deleted.pdf", at=local(2026, 10, 20), study="A", deleted=local(2026, 10, 21))
+    add(
+        "moved then deleted.pdf",
+        study="A",
+        moves=[(local(2026, 10, 20), "B")],
+        deleted=local(2026, 10, 24),
+    )
+    add("no study now.pdf", study="A", moves=[(local(2026, 10, 21), None)])
+
+    def counts(rendered):
+        totals = rendered.totals
+        return tuple(totals[kind] for kind in ("new", "updated", "deleted", "moved_out"))
+
+    study_a = render_report("A", WEEK, app=app)
+    assert counts(study_a) == (0, 2, 1, 4)  # created and deleted in the week: deleted only
+    assert study_a.totals["moved_out_bytes"] == 40
+    text = pdf_text(study_a.pdf)
+    assert "Moved out to other studies: 4" in text
+    assert "Moved out documents By study (where they are now)" in text
+    assert "B 3 30 bytes" in text and "(no study) 1 10 bytes" in text
+    assert "counts as deleted only, even if it was created in the week too" in text
+
+    assert counts(render_report("B", WEEK, app=app)) == (1, 1, 1, 2)  # moved in, round trip
+    everything = render_report(None, WEEK, app=app)
+    assert counts(everything) == (1, 4, 2, 0)
+    assert "Moved out" not in pdf_text(everything.pdf)
 
 
 def test_missing_and_corrupt_files_are_listed(app):

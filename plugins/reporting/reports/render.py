@@ -11,7 +11,18 @@ whatever the number of recipients. It reads:
   files are listed), and the images among them are decoded safely for their dimensions, a
   contact sheet and near-duplicate detection (``images.py``);
 
-and draws a chart of uploads per day (``chart.py``) before compiling the HTML template
+What counts (the same rules are printed in the PDF, under the summary): a document deleted
+in the week is *deleted*, even if it was also created in the week (it is not *new*: it is not
+in the store any more); else one created in the week is *new*, even if also updated; else one
+changed in the week is *updated*. A document counts under the study, type and size of its last
+change in the week. Study reports: a document moved to another study during the week counts in
+the study it ended the week in (as new, updated or deleted there), and in the report of each
+study it was in during the week (at the week's start, or after one of its changes) but left,
+as *moved out* (with the study it is in now), so it does not vanish from that study's report.
+A document that moved out and came back counts as updated. The report of all studies has no
+moves.
+
+It then draws a chart of uploads per day (``chart.py``) before compiling the HTML template
 ``reporting/report.html`` (autoescaped: file names and studies are user data) with xhtml2pdf,
 which may fetch nothing: images are embedded as ``data:`` URIs.
 """
@@ -67,12 +78,13 @@ _NO_STUDY = "(no study)"
 @dataclass(frozen=True)
 class Rendered:
     """A compiled weekly report. ``totals`` holds (ints): ``new``, ``updated``, ``deleted``,
-    ``new_bytes``, ``updated_bytes``, ``deleted_bytes``, ``verified`` (new files whose MD5
-    matched), ``missing``, ``corrupt``, ``deleted_meanwhile`` (new documents deleted while
-    the report was made: counted as new, their files not checked), ``images`` (new images
-    examined), ``unreadable``
-    (images that could not be decoded), ``near_duplicates`` (images in a near-duplicate
-    group), ``near_duplicate_groups``."""
+    ``new_bytes``, ``updated_bytes``, ``deleted_bytes``, ``moved_out`` and
+    ``moved_out_bytes`` (study reports: documents that left the study during the week),
+    ``verified`` (new files whose MD5 matched), ``missing``, ``corrupt``,
+    ``deleted_meanwhile`` (new documents deleted while the report was made: counted as new,
+    their files not checked), ``images`` (new images examined), ``unreadable`` (images that
+    could not be decoded), ``near_duplicates`` (images in a near-duplicate group),
+    ``near_duplicate_groups``."""
 
     pdf: bytes
     study: str | None
@@ -110,7 +122,8 @@ def render_report(study: str | None, week: str, *, app=None) -> Rendered:
     *deleted* (even if it was also created in the week); else one created in the week is
     *new* (even if also updated); else one changed in the week is *updated*. A document
     counts under the study, type and size of its last change in the week, so one moved to
-    another study during the week shows in the study it ended in.
+    another study during the week shows in the study it ended in, and as *moved out* in the
+    report of a study it was in during the week (see the module's docstring).
 
     Raises ``ValueError`` for a malformed week. A missing or corrupt file, or an image that
     cannot be decoded, is listed in the report rather than raised; an unreachable database
@@ -215,12 +228,55 @@ def _aggregate(study: str | None, days: list[datetime.datetime]) -> dict:
         "new": defaultdict(lambda: [0, 0]),
         "updated": defaultdict(lambda: [0, 0]),
         "deleted": defaultdict(lambda: [0, 0]),
+        "moved_out": defaultdict(lambda: [0, 0]),  # keyed by the study it is in now
     }
     for created, deleted, row_study, content_type, count, total in groups:
         kind = "deleted" if deleted else "new" if created else "updated"
         cell = by_kind[kind][(row_study, content_type or "")]
         cell[0] += int(count)
         cell[1] += int(total or 0)
+
+    if study is not None:
+        # Moved out: in this study during the week (after one of its changes in the week,
+        # or at the week's start: its last change before the week), not at its end.
+        during = change.alias("during")
+        in_study_during = during.select(during.document_id).where(
+            during.study == study, during.at >= start, during.at < end
+        )
+        in_week = change.alias("in_week")
+        changed_in_week = in_week.select(in_week.document_id).where(
+            in_week.at >= start, in_week.at < end
+        )
+        prior = change.alias("prior")
+        last_before = (
+            prior.select(fn.MAX(prior.id))
+            .where(prior.at < start, prior.document_id.in_(changed_in_week))
+            .group_by(prior.document_id)
+        )
+        at_start = change.alias("at_start")
+        in_study_at_start = at_start.select(at_start.document_id).where(
+            at_start.id.in_(last_before), at_start.study == study
+        )
+        moved = (
+            last.select(
+                last.study,
+                last.content_type,
+                fn.COUNT(SQL("*")).alias("count"),
+                fn.COALESCE(fn.SUM(last.size), 0).alias("bytes"),
+            )
+            .join(per_document, on=(last.id == per_document.c.last_id))
+            .where(
+                (last.study != study) | last.study.is_null(),
+                per_document.c.document_id.in_(in_study_during)
+                | per_document.c.document_id.in_(in_study_at_start),
+            )
+            .group_by(last.study, last.content_type)
+            .tuples()
+        )
+        for row_study, content_type, count, total in moved:
+            cell = by_kind["moved_out"][(row_study, content_type or "")]
+            cell[0] += int(count)
+            cell[1] += int(total or 0)
 
     # Uploads per local day: the creation time of each document that counts as new.
     created = change.alias("created_change")
@@ -421,11 +477,12 @@ def _assemble(
         "totals": totals,
         "kinds": [
             {
-                "name": kind,
+                "name": kind.replace("_", " "),
                 "by_study": _table(by_kind[kind], lambda key: key[0]),
                 "by_type": _table(by_kind[kind], lambda key: key[1]),
             }
-            for kind in ("new", "updated", "deleted")
+            for kind in ("new", "updated", "deleted", "moved_out")
+            if kind != "moved_out" or study is not None
         ],
         "per_day": list(zip(labels, facts["per_day"], strict=True)),
         "chart": _data_uri("image/png", chart_png),
