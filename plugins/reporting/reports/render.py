@@ -111,7 +111,7 @@ class _Checked:
     status: str  # ok, missing, corrupt, deleted (while the report was made)
     detail: str = ""
     image: images.ImageFacts | None = None
-    image_seconds: float = 0.0  # spent decoding, hashing and thumbnailing
+    image_seconds: float = 0.0  # in images.examine(), waiting for a decode slot included
 
 
 def render_report(study: str | None, week: str, *, app=None) -> Rendered:
