@@ -7,8 +7,14 @@ import io
 import random
 import re
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 import zlib
 from itertools import combinations
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -66,6 +72,7 @@ class Library:
         content_type="application/pdf",
         study=None,
         updated=(),
+        moves=(),
         deleted=None,
     ):
         from plugins.reporting.documents.models import Document, DocumentChange
@@ -79,10 +86,10 @@ class Library:
                 size=stored.size,
                 md5=stored.md5,
                 content_type=content_type,
-                study=study,
+                study=moves[-1][1] if moves else study,
                 uploaded_by="doctor@example.org",
                 created_at=at,
-                updated_at=max([at, *updated]),
+                updated_at=max([at, *updated, *(moment for moment, _ in moves)]),
             )
             snapshot = {
                 "document_id": document.id,
@@ -96,6 +103,9 @@ class Library:
             }
             DocumentChange.create(action="created", at=at, **snapshot)
             for moment in updated:
+                DocumentChange.create(action="updated", at=moment, **snapshot)
+            for moment, to_study in moves:  # (when, to which study), in order
+                snapshot["study"] = to_study
                 DocumentChange.create(action="updated", at=moment, **snapshot)
             if deleted is not None:
                 DocumentChange.create(action="deleted", at=deleted, **snapshot)
@@ -135,6 +145,55 @@ def bomb_png(width=60_000, height=60_000) -> bytes:
     crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
     data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """An RGBA PNG of one colour, compressed row by row (never held decoded here)."""
+    row = b"\x00" + bytes([10, 200, 30, 128]) * width  # filter type 0, then the pixels
+    squeeze = zlib.compressobj(1)
+    body = b"".join([*(squeeze.compress(row) for _ in range(height)), squeeze.flush()])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8 bits, RGBA
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+_PEAK_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from plugins.reporting.reports import images
+
+    def status(field):  # in MB, from this process's own counters (not its parent's)
+        with open("/proc/self/status") as lines:
+            line = next(line for line in lines if line.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+
+    with open(sys.argv[1], "rb") as source:
+        data = source.read()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # the peak (VmHWM) starts again from the memory in use now
+    before = status("VmRSS")
+    facts = images.examine(data, thumbnail=True)
+    print(round(status("VmHWM") - before), facts.width, facts.height, facts.unreadable is None)
+    """
+)
+
+
+def peak_examining(path) -> tuple[int, int, int, bool]:
+    """In a fresh process: how much ``examine`` raised the peak resident memory (MB), and
+    the width, height and readability it found."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout.split()
+    return int(out[0]), int(out[1]), int(out[2]), out[3] == "True"
 
 
 # ISO weeks --------------------------------------------------------------------------
@@ -208,6 +267,102 @@ def test_examine_reads_dimensions_and_refuses_bombs_and_non_images():
         assert facts.unreadable and facts.dhash is None
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
+def test_examining_a_large_image_holds_one_decoded_copy(tmp_path):
+    """The reviewer's 6,300 x 6,300 RGBA PNG (700 KB) raised the peak by 455 MB: it is over
+    the pixel limit now and is not decoded. The largest image still decoded (16 MP, 64 MB
+    as RGBA) costs about one decoded copy (66 MB measured), not five (246 MB before)."""
+    over = tmp_path / "over.png"
+    over.write_bytes(flat_png(6300, 6300))
+    grown, width, height, readable = peak_examining(over)
+    assert (width, height, readable) == (6300, 6300, False)
+    assert grown < 150, f"{grown} MB"
+
+    largest = tmp_path / "largest.png"
+    largest.write_bytes(flat_png(4000, 4000))
+    assert 4000 * 4000 <= images.MAX_PIXELS
+    grown, width, height, readable = peak_examining(largest)
+    assert (width, height, readable) == (4000, 4000, True)
+    assert grown < 100, f"{grown} MB"
+
+
+def test_examine_reads_a_file_object_and_thumbnails_upright():
+    photo = picture(3, (800, 600))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: turn 90 degrees clockwise to show it
+    data = encode(photo, "JPEG", exif=exif.tobytes())
+    facts = images.examine(io.BytesIO(data), thumbnail=True)
+    assert (facts.width, facts.height, facts.unreadable) == (800, 600, None)
+    assert Image.open(io.BytesIO(facts.thumbnail)).size == (96, 128)
+    assert facts.dhash == images.examine(data).dhash
+
+
+def test_decodes_run_at_most_decode_slots_at_once(app, monkeypatch):
+    """Eight threads read and hash files; only images.DECODE_SLOTS decode at once."""
+    running, most, lock = [0], [0], threading.Lock()
+    real = images._decode
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", counted)
+    library = Library(app)
+    for index in range(12):
+        library.add(
+            f"p{index}.png",
+            encode(picture(200 + index, (320, 240)), "PNG"),
+            content_type="image/png",
+            at=local(2026, 10, 22),
+        )
+    rendered = render_report(None, WEEK, app=app)
+    assert (rendered.totals["images"], rendered.totals["unreadable"]) == (12, 0)
+    assert render.WORKERS > images.DECODE_SLOTS
+    assert 1 <= most[0] <= images.DECODE_SLOTS
+
+
+def sixteen_bit(image: Image.Image, scale: int = 257) -> Image.Image:
+    """A 16-bit greyscale (I;16) copy of an 8-bit picture, each grey value times ``scale``
+    (257: the full 16 bits; 16: 12 bits, as many detectors write)."""
+    grey = image.convert("L")
+    values = [value * scale for value in grey.tobytes()]
+    return Image.frombytes("I;16", grey.size, struct.pack(f"<{len(values)}H", *values))
+
+
+def test_sixteen_bit_greyscale_images_hash_and_thumbnail_by_their_content():
+    """convert("L") clipped 16-bit pixels to white: every 16-bit image hashed to 0."""
+    rng = random.Random(16)
+    noise = []
+    for _ in range(3):
+        values = [rng.randrange(1000, 61000) for _ in range(72 * 64)]
+        image = Image.frombytes("I;16", (72, 64), struct.pack(f"<{len(values)}H", *values))
+        data = encode(image, "PNG")
+        assert Image.open(io.BytesIO(data)).mode == "I;16"
+        noise.append(images.examine(data, thumbnail=True))
+    assert all(facts.unreadable is None for facts in noise)
+    hashes = {index: facts.dhash for index, facts in enumerate(noise)}
+    assert images.near_duplicate_groups(hashes) == []
+
+    photo = picture(21)
+    deep = images.examine(encode(sixteen_bit(photo), "PNG"), thumbnail=True)
+    shallow = images.examine(encode(photo.convert("L"), "PNG"))
+    assert deep.dhash != 0
+    assert (deep.dhash ^ shallow.dhash).bit_count() <= images.NEAR_DUPLICATE_BITS
+    # 12 bits used of 16: stretched, not drawn nearly black.
+    twelve = images.examine(encode(sixteen_bit(photo, 16), "PNG"))
+    assert (twelve.dhash ^ shallow.dhash).bit_count() <= images.NEAR_DUPLICATE_BITS
+    thumb = Image.open(io.BytesIO(deep.thumbnail)).convert("L")
+    low, high = thumb.getextrema()
+    assert high - low > 100  # not a white (or black) square
+
+
 def test_dhash_is_stable_under_re_encoding_and_small_edits():
     original = picture(7)
     edited = original.copy()
@@ -245,6 +400,39 @@ def test_near_duplicate_groups_match_an_all_pairs_comparison():
         expected.setdefault(find(key), []).append(key)
     expected = sorted(sorted(g) for g in expected.values() if len(g) > 1)
     assert sorted(images.near_duplicate_groups(hashes)) == expected
+
+
+def test_near_duplicate_grouping_of_many_alike_images_is_not_quadratic(monkeypatch):
+    """2,000 near-identical hashes took 20 s and 232 MB (every pair of a big bucket, in 28
+    bucketings). Identical hashes are one group from the start, and a hash is never compared
+    with its own group: the comparisons grow with the images, not with their pairs."""
+    comparisons = [0]
+    real = images._distance
+
+    def counted(first, second):
+        comparisons[0] += 1
+        return real(first, second)
+
+    monkeypatch.setattr(images, "_distance", counted)
+    rng = random.Random(3)
+    base = 0xF0F0F0F0F0F0F0F0
+    hashes = {}
+    for key in range(3000):
+        if key < 1000:
+            hashes[key] = base  # the same scan uploaded again and again
+        else:  # re-encoded: one to three bits away (at most 6 from each other)
+            value = base
+            for bit in rng.sample(range(64), rng.randrange(1, 4)):
+                value ^= 1 << bit
+            hashes[key] = value
+    different = rng.getrandbits(64)
+    hashes[3000] = different  # far from all of them (with this seed)
+    assert (different ^ base).bit_count() > 2 * images.NEAR_DUPLICATE_BITS
+
+    assert images.near_duplicate_groups(hashes) == [list(range(3000))]
+    distinct = len(set(hashes.values()))
+    assert distinct > 1000
+    assert comparisons[0] <= 4 * distinct, comparisons[0]  # all pairs: 1.1 million
 
 
 # The report, on SQLite and PostgreSQL -------------------------------------------------
@@ -318,6 +506,53 @@ def test_week_counts_per_study_and_type_and_scope(app):
     assert "New documents: 0" in pdf_text(nothing.pdf)
 
 
+def test_a_document_moved_out_of_a_study_shows_in_its_report(app):
+    """A document counts under the study it ended the week in; the report of a study it
+    left during the week lists it as moved out (it used to vanish from that report)."""
+    library = Library(app)
+    before = local(2026, 9, 1)
+
+    def add(name, **options):
+        options.setdefault("at", before)
+        library.add(name, b"m" * 10, **options)
+
+    add("old moved.pdf", study="A", moves=[(local(2026, 10, 21), "B")])
+    add("new moved.pdf", at=local(2026, 10, 20), study="A", moves=[(local(2026, 10, 22), "B")])
+    add(
+        "round trip.pdf",
+        study="A",
+        moves=[(local(2026, 10, 20), "B"), (local(2026, 10, 22), "A")],
+    )
+    add("moved in.pdf", study="B", moves=[(local(2026, 10, 23), "A")])
+    add("moved long ago.pdf", study="A", moves=[(local(2026, 10, 1), "B")])
+    add("created and deleted.pdf", at=local(2026, 10, 20), study="A", deleted=local(2026, 10, 21))
+    add(
+        "moved then deleted.pdf",
+        study="A",
+        moves=[(local(2026, 10, 20), "B")],
+        deleted=local(2026, 10, 24),
+    )
+    add("no study now.pdf", study="A", moves=[(local(2026, 10, 21), None)])
+
+    def counts(rendered):
+        totals = rendered.totals
+        return tuple(totals[kind] for kind in ("new", "updated", "deleted", "moved_out"))
+
+    study_a = render_report("A", WEEK, app=app)
+    assert counts(study_a) == (0, 2, 1, 4)  # created and deleted in the week: deleted only
+    assert study_a.totals["moved_out_bytes"] == 40
+    text = pdf_text(study_a.pdf)
+    assert "Moved out to other studies: 4" in text
+    assert "Moved out documents By study (where they are now)" in text
+    assert "B 3 30 bytes" in text and "(no study) 1 10 bytes" in text
+    assert "counts as deleted only, even if it was created in the week too" in text
+
+    assert counts(render_report("B", WEEK, app=app)) == (1, 1, 1, 2)  # moved in, round trip
+    everything = render_report(None, WEEK, app=app)
+    assert counts(everything) == (1, 4, 2, 0)
+    assert "Moved out" not in pdf_text(everything.pdf)
+
+
 def test_missing_and_corrupt_files_are_listed(app):
     library = Library(app)
     good = library.add("good.pdf", b"fine" * 100, at=local(2026, 10, 20))
@@ -339,6 +574,38 @@ def test_missing_and_corrupt_files_are_listed(app):
     assert re.search(rf"{shorter.id} shorter.pdf corrupt 4 bytes in the store, 400 recorded", text)
     assert "good.pdf" not in text
     assert good.id
+
+
+def test_a_document_deleted_while_the_report_is_made_is_not_a_missing_file(app, monkeypatch):
+    """The week's figures come from one snapshot; the files are read after it. A document
+    deleted in between (its file removed at once) was listed as a missing file."""
+    from plugins.reporting.documents import records
+
+    library = Library(app)
+    kept = library.add("kept.pdf", b"k" * 10, at=local(2026, 10, 20))
+    deleted = library.add("deleted meanwhile.pdf", b"d" * 10, at=local(2026, 10, 20))
+    lost = library.add("lost.pdf", b"l" * 10, at=local(2026, 10, 21))
+    (library.store.root / lost.file_location).unlink()  # really missing
+    real = render._check_files
+
+    def racing(app_, files):
+        with app_.app_context(), database.connection_context():
+            assert records.delete(deleted.id, "nurse@example.org")  # an ordinary delete
+        assert not (library.store.root / deleted.file_location).exists()
+        return real(app_, files)
+
+    monkeypatch.setattr(render, "_check_files", racing)
+    rendered = render_report(None, WEEK, app=app)
+    totals = rendered.totals
+    assert (totals["new"], totals["verified"], totals["missing"]) == (3, 1, 1)
+    assert totals["deleted_meanwhile"] == 1
+    text = pdf_text(rendered.pdf)
+    assert "Missing files: 1" in text
+    assert "Deleted while the report was made: 1" in text
+    assert re.search(rf"{lost.id} lost.pdf missing", text)
+    assert not re.search(rf"{deleted.id} deleted meanwhile.pdf missing", text)
+    assert re.search(rf"{deleted.id} deleted meanwhile.pdf", text)
+    assert kept.id
 
 
 def test_images_dimensions_near_duplicates_and_unreadable_files(app):

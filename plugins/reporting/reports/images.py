@@ -5,30 +5,63 @@ Uploaded files are user data: a file with an image content type may be anything,
 400-byte PNG can declare 50,000 x 50,000 pixels. So the header's size is checked before any
 pixel is decoded, and whatever Pillow raises on a broken file makes the image "unreadable"
 (listed in the report) instead of failing the report.
+
+Memory: an image is decoded by at most ``DECODE_SLOTS`` threads at once, whatever the number
+of threads reading files (``render.WORKERS``); a JPEG is decoded at up to 1/8 scale
+(``Image.draft``), and every decoded image is shrunk at once to at most ``WORK_SIZE`` pixels
+on its longer side, without a full-size copy: the hash and the thumbnail are made from that.
+So one decode holds at most ``MAX_PIXELS`` x 4 bytes (RGBA) plus the file's bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from typing import BinaryIO
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
-# 40 megapixels: a 7,000 x 5,700 scan fits; decoded as RGBA it is 160 MB, the most one
-# report worker thread should hold. Pillow's own guard (MAX_IMAGE_PIXELS) is a
-# process-wide setting other code may rely on, so this limit is checked here instead.
-MAX_PIXELS = 40_000_000
+# The most pixels decoded for one image, counted after a JPEG's reduced decoding (so a JPEG
+# whose header declares up to 64 times this is still decoded, at 1/8 scale). 16 megapixels
+# decoded as RGBA is 64 MB, and at most DECODE_SLOTS (2) decodes run at once: about 130 MB for
+# the images of a report, whatever the number of threads. It covers a 12-megapixel phone
+# photograph, an A4 page scanned at 400 dpi (15.5 MP) and any JPEG up to 1 gigapixel.
+# Larger PNG, TIFF, WebP or BMP files (an A4 page at 600 dpi saved as PNG is 35 MP) are
+# listed as over the limit with their dimensions, read from the header: the report only
+# needs a 128-pixel thumbnail and a 9 x 8 hash from them, not 140 MB of pixels each.
+# Pillow's own guard (MAX_IMAGE_PIXELS) is a process-wide setting other code may rely on,
+# so this limit is checked here instead.
+MAX_PIXELS = 16_000_000
+# Decodes at once, in the whole process: the threads reading files (MD5) wait here.
+DECODE_SLOTS = 2
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 # A file larger than this is not decoded (its MD5 is still verified, streamed).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 THUMBNAIL_SIZE = 128  # pixels, the longer side of a contact-sheet thumbnail
+# Every decoded image is shrunk to this (longer side) before hashing and thumbnailing.
+WORK_SIZE = THUMBNAIL_SIZE * 2
 HASH_BITS = 64
 # Two images whose 64-bit dHashes differ in at most this many bits are near-duplicates:
 # the same picture re-encoded or slightly edited moves a few bits; different pictures
 # differ in about half of them.
 NEAR_DUPLICATE_BITS = 6
+# Modes with more than 8 bits per channel: stretched from their lowest to their highest
+# value onto 0-255 before hashing or drawing (a plain convert("L") clips them to white).
+_HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# EXIF orientation -> the transposition that puts the picture upright (as ImageOps does).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -43,32 +76,30 @@ class ImageFacts:
     unreadable: str | None = None  # the reason, when the file could not be decoded
 
 
-def examine(data: bytes, *, thumbnail: bool = False) -> ImageFacts:
-    """Decode ``data`` safely: dimensions, dHash and, if asked, a JPEG thumbnail."""
+def examine(data: bytes | BinaryIO, *, thumbnail: bool = False) -> ImageFacts:
+    """Decode ``data`` (bytes, or a seekable binary file, read from where it stands) safely:
+    dimensions, dHash and, if asked, a JPEG thumbnail."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        with Image.open(source) as image:
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when asked: much faster, much smaller, and
+            # both the hash and a thumbnail need far fewer pixels than a photograph has.
+            image.draft("RGB", (WORK_SIZE, WORK_SIZE))
+            decoded = image.size[0] * image.size[1]
+            if decoded > MAX_PIXELS:
                 return ImageFacts(
                     width,
                     height,
                     image.format,
                     unreadable=(
                         f"{width} x {height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                        "(not decoded: a possible decompression bomb)"
+                        "(not decoded: too large for the report, or a possible decompression "
+                        "bomb)"
                     ),
                 )
-            # JPEG decodes at 1/2, 1/4 or 1/8 scale when asked: much faster, and both the
-            # hash and a thumbnail need far fewer pixels than an 800 x 600 photograph has.
-            image.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))
-            image.load()
-            return ImageFacts(
-                width,
-                height,
-                image.format,
-                dhash=dhash(image),
-                thumbnail=_thumbnail(image) if thumbnail else None,
-            )
+            with _decode_slots:
+                return _decode(image, width, height, thumbnail)
     except Image.DecompressionBombError as error:
         return ImageFacts(unreadable=f"not decoded: a possible decompression bomb ({error})")
     # Pillow raises many types on a broken file (OSError, SyntaxError, ValueError,
@@ -78,10 +109,67 @@ def examine(data: bytes, *, thumbnail: bool = False) -> ImageFacts:
         return ImageFacts(unreadable=f"cannot be decoded as an image: {reason}"[:300])
 
 
+def _decode(image: Image.Image, width: int, height: int, thumbnail: bool) -> ImageFacts:
+    """Decode (the one full-size buffer), shrink at once, then hash and thumbnail the small
+    image. Called under ``_decode_slots``."""
+    upright = None
+    if thumbnail:  # a broken EXIF block costs the rotation, not the image
+        with contextlib.suppress(Exception):
+            upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation))
+    image.load()
+    small = shrink(image, WORK_SIZE)
+    image.close()  # the full-size pixels go now, not when the caller's ``with`` ends
+    return ImageFacts(
+        width,
+        height,
+        image.format,
+        dhash=dhash(small),
+        thumbnail=_thumbnail(small, upright) if thumbnail else None,
+    )
+
+
+def shrink(image: Image.Image, size: int) -> Image.Image:
+    """``image`` with its longer side at most ``size`` (box-averaged), as a new small image;
+    the only full-size copy made is for palette and 1-bit images (1 to 4 bytes a pixel)."""
+    if image.mode in ("1", "P", "PA"):  # averaging palette indices means nothing
+        if image.mode == "1":
+            image = image.convert("L")
+        else:
+            has_alpha = image.mode == "PA" or "transparency" in image.info
+            image = image.convert("RGBA" if has_alpha else "RGB")
+    longer = max(image.size)
+    if longer <= size:
+        return image.copy()
+    target = (
+        max(1, round(image.size[0] * size / longer)),
+        max(1, round(image.size[1] * size / longer)),
+    )
+    if image.mode in ("LA", "RGBA"):
+        # Image.resize first converts these to premultiplied alpha, a full-size copy; the
+        # hash and the thumbnail drop the alpha anyway, so resample the channels as they are.
+        return image._new(image.im.resize(target, Image.Resampling.BOX, (0, 0, *image.size)))
+    return image.resize(target, Image.Resampling.BOX)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with at most 8 bits a channel: a 16-bit or 32-bit greyscale image is
+    stretched from its lowest to its highest value onto 0-255 (medical images often use 10
+    or 12 of their 16 bits; a plain ``convert("L")`` clips everything over 255 to white).
+    Meant for small images (it makes a 4-byte-a-pixel copy)."""
+    if image.mode not in _HIGH_DEPTH:
+        return image
+    values = image.convert("F")
+    low, high = values.getextrema()
+    if high <= low:
+        return Image.new("L", image.size, 0)
+    scale = 255.0 / (high - low)
+    return values.point(lambda v: v * scale - low * scale).convert("L")
+
+
 def dhash(image: Image.Image) -> int:
     """The 64-bit difference hash: 9 x 8 grey pixels, one bit per horizontal neighbour
     pair (is the left one brighter?). Robust to re-encoding, scaling and small edits."""
-    small = image.convert("L").resize((9, 8), Image.Resampling.BOX)
+    small = eight_bit(image).convert("L").resize((9, 8), Image.Resampling.BOX)
     pixels = small.tobytes()
     value = 0
     for row in range(8):
@@ -91,18 +179,23 @@ def dhash(image: Image.Image) -> int:
     return value
 
 
-def _thumbnail(image: Image.Image) -> bytes:
-    # Phone photographs are often stored rotated; a broken EXIF block costs the rotation,
-    # not the image.
-    with contextlib.suppress(Exception):
-        image = ImageOps.exif_transpose(image)
+def _thumbnail(image: Image.Image, upright: Image.Transpose | None = None) -> bytes:
+    """A JPEG thumbnail of a small image (see ``shrink``), turned upright."""
+    image = eight_bit(image)
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGBA").convert("RGB") if "A" in image.mode else image.convert("RGB")
+    if upright is not None:
+        image = image.transpose(upright)
     thumb = image.copy()
     thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
     out = io.BytesIO()
     thumb.save(out, "JPEG", quality=75)
     return out.getvalue()
+
+
+def _distance(first: int, second: int) -> int:
+    """Bits that differ between two hashes (one comparison of the grouping)."""
+    return (first ^ second).bit_count()
 
 
 def near_duplicate_groups(
@@ -113,43 +206,50 @@ def near_duplicate_groups(
     ``hashes`` maps a key (a document id) to its 64-bit hash. Returns the groups of two or
     more keys, each sorted, largest group first.
 
-    Not all pairs (3.7 s for 5,000 images): split the 64 bits into ``max_distance + 2``
-    bands. Two hashes within ``max_distance`` bits differ in at most that many bands, so
-    they agree exactly on at least two (pigeonhole). Bucketing by every pair of bands
-    compares only hashes that share two band values, and finds exactly the pairs an
-    all-pairs comparison finds: 6 ms for 500 images, 70 ms for 5,000, 3 s for 50,000.
+    Keys with the same hash are one group from the start: only distinct hashes are compared.
+    Not all pairs of them (3.7 s for 5,000 images): split the 64 bits into
+    ``max_distance + 2`` bands. Two hashes within ``max_distance`` bits differ in at most
+    that many bands, so they agree exactly on at least two (pigeonhole). Bucketing by every
+    pair of bands compares only hashes that share two band values, and finds exactly the
+    pairs an all-pairs comparison finds. Within a bucket, a hash is compared with each group
+    already there (member by member, until one is close) but never with its own group, so
+    thousands of alike images cost about one comparison each, not one per pair.
     """
     bands = max_distance + 2
     edges = [round(i * HASH_BITS / bands) for i in range(bands + 1)]
     band_masks = [((1 << (edges[i + 1] - edges[i])) - 1) << edges[i] for i in range(bands)]
-    parent = {key: key for key in hashes}
+    values = sorted(set(hashes.values()))
+    parent = {value: value for value in values}
 
-    def find(key: int) -> int:
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
+    def find(value: int) -> int:
+        while parent[value] != value:
+            parent[value] = parent[parent[value]]
+            value = parent[value]
+        return value
 
-    compared: set[tuple[int, int]] = set()
     for first_band, second_band in combinations(range(bands), 2):
         mask = band_masks[first_band] | band_masks[second_band]
         buckets: dict[int, list[int]] = defaultdict(list)
-        for key, value in hashes.items():
-            buckets[value & mask].append(key)
+        for value in values:
+            buckets[value & mask].append(value)
         for members in buckets.values():
             if len(members) < 2:
                 continue
-            for i, first in enumerate(members):
-                for second in members[i + 1 :]:
-                    pair = (first, second) if first < second else (second, first)
-                    if pair in compared:
-                        continue
-                    compared.add(pair)
-                    if (hashes[first] ^ hashes[second]).bit_count() <= max_distance:
-                        parent[find(first)] = find(second)
+            # this bucket's members so far, by the root of their group
+            groups_here: dict[int, list[int]] = {}
+            for value in members:
+                joined = groups_here.pop(find(value), [])
+                for root in list(groups_here):
+                    for other in groups_here[root]:
+                        if _distance(value, other) <= max_distance:
+                            parent[find(root)] = find(value)
+                            joined += groups_here.pop(root)
+                            break
+                joined.append(value)
+                groups_here[find(value)] = joined
 
     groups: dict[int, list[int]] = defaultdict(list)
-    for key in hashes:
-        groups[find(key)].append(key)
+    for key, value in hashes.items():
+        groups[find(value)].append(key)
     found = [sorted(members) for members in groups.values() if len(members) > 1]
     return sorted(found, key=lambda members: (-len(members), members[0]))

@@ -11,7 +11,18 @@ whatever the number of recipients. It reads:
   files are listed), and the images among them are decoded safely for their dimensions, a
   contact sheet and near-duplicate detection (``images.py``);
 
-and draws a chart of uploads per day (``chart.py``) before compiling the HTML template
+What counts (the same rules are printed in the PDF, under the summary): a document deleted
+in the week is *deleted*, even if it was also created in the week (it is not *new*: it is not
+in the store any more); else one created in the week is *new*, even if also updated; else one
+changed in the week is *updated*. A document counts under the study, type and size of its last
+change in the week. Study reports: a document moved to another study during the week counts in
+the study it ended the week in (as new, updated or deleted there), and in the report of each
+study it was in during the week (at the week's start, or after one of its changes) but left,
+as *moved out* (with the study it is in now), so it does not vanish from that study's report.
+A document that moved out and came back counts as updated. The report of all studies has no
+moves.
+
+It then draws a chart of uploads per day (``chart.py``) before compiling the HTML template
 ``reporting/report.html`` (autoescaped: file names and studies are user data) with xhtml2pdf,
 which may fetch nothing: images are embedded as ``data:`` URIs.
 """
@@ -20,10 +31,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import io
 import logging
+import tempfile
 import time
 import zoneinfo
 from collections import defaultdict
@@ -53,6 +66,9 @@ THUMBNAIL_POINTS = 72
 # 10,000 files): each S3 read costs this process about 1.8 ms of CPU in botocore, which
 # threads cannot share out: the floor of the file checks on S3 is about 18 s.
 WORKERS = 8
+# Images are decoded by at most images.DECODE_SLOTS of them at once (images.py).
+# An image file's bytes are kept in memory up to this, then spooled to a temporary file.
+SPOOL_BYTES = 8 * 1024 * 1024
 CHUNK = 1024 * 1024
 TEMPLATE = "reporting/report.html"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -62,10 +78,13 @@ _NO_STUDY = "(no study)"
 @dataclass(frozen=True)
 class Rendered:
     """A compiled weekly report. ``totals`` holds (ints): ``new``, ``updated``, ``deleted``,
-    ``new_bytes``, ``updated_bytes``, ``deleted_bytes``, ``verified`` (new files whose MD5
-    matched), ``missing``, ``corrupt``, ``images`` (new images examined), ``unreadable``
-    (images that could not be decoded), ``near_duplicates`` (images in a near-duplicate
-    group), ``near_duplicate_groups``."""
+    ``new_bytes``, ``updated_bytes``, ``deleted_bytes``, ``moved_out`` and
+    ``moved_out_bytes`` (study reports: documents that left the study during the week),
+    ``verified`` (new files whose MD5 matched), ``missing``, ``corrupt``,
+    ``deleted_meanwhile`` (new documents deleted while the report was made: counted as new,
+    their files not checked), ``images`` (new images examined), ``unreadable`` (images that
+    could not be decoded), ``near_duplicates`` (images in a near-duplicate group),
+    ``near_duplicate_groups``."""
 
     pdf: bytes
     study: str | None
@@ -89,10 +108,10 @@ class _NewFile:
 @dataclass(frozen=True)
 class _Checked:
     file: _NewFile
-    status: str  # ok, missing, corrupt
+    status: str  # ok, missing, corrupt, deleted (while the report was made)
     detail: str = ""
     image: images.ImageFacts | None = None
-    image_seconds: float = 0.0  # spent decoding, hashing and thumbnailing
+    image_seconds: float = 0.0  # in images.examine(), waiting for a decode slot included
 
 
 def render_report(study: str | None, week: str, *, app=None) -> Rendered:
@@ -103,7 +122,8 @@ def render_report(study: str | None, week: str, *, app=None) -> Rendered:
     *deleted* (even if it was also created in the week); else one created in the week is
     *new* (even if also updated); else one changed in the week is *updated*. A document
     counts under the study, type and size of its last change in the week, so one moved to
-    another study during the week shows in the study it ended in.
+    another study during the week shows in the study it ended in, and as *moved out* in the
+    report of a study it was in during the week (see the module's docstring).
 
     Raises ``ValueError`` for a malformed week. A missing or corrupt file, or an image that
     cannot be decoded, is listed in the report rather than raised; an unreachable database
@@ -126,6 +146,11 @@ def render_report(study: str | None, week: str, *, app=None) -> Rendered:
     clock = time.perf_counter()
     checked = _check_files(app, facts["new_files"])
     timings["files"] = time.perf_counter() - clock  # reading, MD5 and images, in threads
+    # The file checks run after the snapshot, outside it: a document deleted meanwhile
+    # (its file removed at once) is not a missing file.
+    clock = time.perf_counter()
+    checked = _deleted_meanwhile(checked)
+    timings["recheck"] = time.perf_counter() - clock
     timings["images_in_threads"] = sum(item.image_seconds for item in checked)
 
     clock = time.perf_counter()
@@ -203,12 +228,55 @@ def _aggregate(study: str | None, days: list[datetime.datetime]) -> dict:
         "new": defaultdict(lambda: [0, 0]),
         "updated": defaultdict(lambda: [0, 0]),
         "deleted": defaultdict(lambda: [0, 0]),
+        "moved_out": defaultdict(lambda: [0, 0]),  # keyed by the study it is in now
     }
     for created, deleted, row_study, content_type, count, total in groups:
         kind = "deleted" if deleted else "new" if created else "updated"
         cell = by_kind[kind][(row_study, content_type or "")]
         cell[0] += int(count)
         cell[1] += int(total or 0)
+
+    if study is not None:
+        # Moved out: in this study during the week (after one of its changes in the week,
+        # or at the week's start: its last change before the week), not at its end.
+        during = change.alias("during")
+        in_study_during = during.select(during.document_id).where(
+            during.study == study, during.at >= start, during.at < end
+        )
+        in_week = change.alias("in_week")
+        changed_in_week = in_week.select(in_week.document_id).where(
+            in_week.at >= start, in_week.at < end
+        )
+        prior = change.alias("prior")
+        last_before = (
+            prior.select(fn.MAX(prior.id))
+            .where(prior.at < start, prior.document_id.in_(changed_in_week))
+            .group_by(prior.document_id)
+        )
+        at_start = change.alias("at_start")
+        in_study_at_start = at_start.select(at_start.document_id).where(
+            at_start.id.in_(last_before), at_start.study == study
+        )
+        moved = (
+            last.select(
+                last.study,
+                last.content_type,
+                fn.COUNT(SQL("*")).alias("count"),
+                fn.COALESCE(fn.SUM(last.size), 0).alias("bytes"),
+            )
+            .join(per_document, on=(last.id == per_document.c.last_id))
+            .where(
+                (last.study != study) | last.study.is_null(),
+                per_document.c.document_id.in_(in_study_during)
+                | per_document.c.document_id.in_(in_study_at_start),
+            )
+            .group_by(last.study, last.content_type)
+            .tuples()
+        )
+        for row_study, content_type, count, total in moved:
+            cell = by_kind["moved_out"][(row_study, content_type or "")]
+            cell[0] += int(count)
+            cell[1] += int(total or 0)
 
     # Uploads per local day: the creation time of each document that counts as new.
     created = change.alias("created_change")
@@ -286,36 +354,68 @@ def _check_file(store, file: _NewFile, thumbnail: bool) -> _Checked:
     digest = hashlib.md5(usedforsecurity=False)
     size = 0
     keep = _is_image(file.content_type)
-    buffer = bytearray() if keep else None
-    try:
-        for chunk in store.open(file.location):
-            digest.update(chunk)
-            size += len(chunk)
-            if buffer is not None:
-                if size > images.MAX_IMAGE_BYTES:
-                    buffer = None  # still hashed to the end, never decoded
-                else:
-                    buffer += chunk
-    except Missing:
-        return _Checked(file, "missing", "the file is not in the store")
-    if size != file.size:
-        status, detail = "corrupt", f"{size:,} bytes in the store, {file.size:,} recorded"
-    elif digest.hexdigest() != (file.md5 or "").lower():
-        status, detail = "corrupt", f"MD5 {digest.hexdigest()}, {file.md5} recorded"
-    else:
-        status, detail = "ok", ""
-    if not keep:
-        return _Checked(file, status, detail)
-    if buffer is None:
-        facts = images.ImageFacts(
-            unreadable=f"{size:,} bytes is over the {images.MAX_IMAGE_BYTES:,}-byte limit "
-            "for decoding"
+    with contextlib.ExitStack() as stack:
+        # An image's bytes are kept for decoding: in memory up to SPOOL_BYTES, then in a
+        # temporary file, so WORKERS threads hold at most WORKERS x SPOOL_BYTES between them.
+        buffer = (
+            stack.enter_context(tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
+            if keep
+            else None
         )
-    else:
+        try:
+            for chunk in store.open(file.location):
+                digest.update(chunk)
+                size += len(chunk)
+                if buffer is not None:
+                    if size > images.MAX_IMAGE_BYTES:
+                        buffer = None  # still hashed to the end, never decoded
+                    else:
+                        buffer.write(chunk)
+        except Missing:
+            return _Checked(file, "missing", "the file is not in the store")
+        if size != file.size:
+            status, detail = "corrupt", f"{size:,} bytes in the store, {file.size:,} recorded"
+        elif digest.hexdigest() != (file.md5 or "").lower():
+            status, detail = "corrupt", f"MD5 {digest.hexdigest()}, {file.md5} recorded"
+        else:
+            status, detail = "ok", ""
+        if not keep:
+            return _Checked(file, status, detail)
+        if buffer is None:
+            facts = images.ImageFacts(
+                unreadable=f"{size:,} bytes is over the {images.MAX_IMAGE_BYTES:,}-byte limit "
+                "for decoding"
+            )
+            return _Checked(file, status, detail, facts)
+        buffer.seek(0)
         clock = time.perf_counter()
-        facts = images.examine(bytes(buffer), thumbnail=thumbnail)
+        facts = images.examine(buffer, thumbnail=thumbnail)  # no copy of the bytes
         return _Checked(file, status, detail, facts, time.perf_counter() - clock)
-    return _Checked(file, status, detail, facts)
+
+
+RECHECK_BATCH = 500  # ids per query when looking again for the documents of missing files
+
+
+def _deleted_meanwhile(checked: list[_Checked]) -> list[_Checked]:
+    """Each file found missing whose document no longer exists (asked again, after the file
+    checks) becomes ``deleted``: deleted while the report was made, not a missing file."""
+    from plugins.reporting.documents.models import Document
+
+    missing = [item.file.id for item in checked if item.status == "missing"]
+    if not missing:
+        return checked
+    remaining: set[int] = set()
+    with _connection():
+        for start in range(0, len(missing), RECHECK_BATCH):
+            batch = missing[start : start + RECHECK_BATCH]
+            query = Document.select(Document.id).where(Document.id.in_(batch)).tuples()
+            remaining.update(document_id for (document_id,) in query)
+    return [
+        dataclasses.replace(item, status="deleted", detail="deleted while the report was made")
+        if item.status == "missing" and item.file.id not in remaining
+        else item
+        for item in checked
+    ]
 
 
 def _assemble(
@@ -333,10 +433,12 @@ def _assemble(
         totals[kind] = sum(count for count, _ in cells.values())
         totals[f"{kind}_bytes"] = sum(total for _, total in cells.values())
 
-    problems = [item for item in checked if item.status != "ok"]
+    problems = [item for item in checked if item.status in ("missing", "corrupt")]
+    deleted_meanwhile = [item for item in checked if item.status == "deleted"]
     totals["verified"] = sum(item.status == "ok" for item in checked)
     totals["missing"] = sum(item.status == "missing" for item in checked)
     totals["corrupt"] = sum(item.status == "corrupt" for item in checked)
+    totals["deleted_meanwhile"] = len(deleted_meanwhile)
 
     examined = [item for item in checked if item.image is not None]
     readable = [item for item in examined if item.image.unreadable is None]
@@ -375,16 +477,19 @@ def _assemble(
         "totals": totals,
         "kinds": [
             {
-                "name": kind,
+                "name": kind.replace("_", " "),
                 "by_study": _table(by_kind[kind], lambda key: key[0]),
                 "by_type": _table(by_kind[kind], lambda key: key[1]),
             }
-            for kind in ("new", "updated", "deleted")
+            for kind in ("new", "updated", "deleted", "moved_out")
+            if kind != "moved_out" or study is not None
         ],
         "per_day": list(zip(labels, facts["per_day"], strict=True)),
         "chart": _data_uri("image/png", chart_png),
         "problems": problems[:LISTED_ROWS],
         "problems_more": max(len(problems) - LISTED_ROWS, 0),
+        "deleted_meanwhile": deleted_meanwhile[:LISTED_ROWS],
+        "deleted_meanwhile_more": max(len(deleted_meanwhile) - LISTED_ROWS, 0),
         "unreadable": unreadable[:LISTED_ROWS],
         "unreadable_more": max(len(unreadable) - LISTED_ROWS, 0),
         "dimensions": _dimensions(readable),
