@@ -235,6 +235,29 @@ def test_a_chunked_upload_without_content_length_is_held_to_the_limit(app, nurse
         assert files_in(app) == [] and not removals()
 
 
+def test_an_upload_holds_no_database_connection_while_it_streams(app, nurse, monkeypatch):
+    """A slow upload must not keep a pooled connection for the whole transfer: 20 of them
+    would starve the pool (20 per process) and every other request would wait, then fail."""
+    from playhouse.pool import PooledDatabase
+
+    store, seen = store_for(app), []
+    real_put = store.put
+
+    def put(key, stream, content_type, max_bytes=None):
+        pool = database.obj
+        in_use = len(pool._in_use) if isinstance(pool, PooledDatabase) else 0
+        seen.append((database.is_closed(), in_use))
+        return real_put(key, stream, content_type, max_bytes)
+
+    monkeypatch.setattr(store, "put", put)
+    answer = upload(nurse)
+    assert answer.status_code == 201, answer.json
+    assert seen == [(True, 0)], "the request held a connection while the file streamed"
+    with database.connection_context():
+        assert Document.select().count() == 1
+    assert not removals()
+
+
 def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")

@@ -72,12 +72,31 @@ def _log_change(document: Document, action: str, by: str, at: datetime.datetime)
 # Uploads --------------------------------------------------------------------------------
 
 
+def release_connection() -> None:
+    """Give the calling thread's database connection back (to the pool on PostgreSQL).
+
+    An upload calls this before streaming: a transfer may take minutes, and a connection
+    held meanwhile would let a few slow uploads take the whole pool. The next query takes a
+    connection again (``autoconnect``). It does nothing when the caller manages the
+    connection (inside ``connection_context()`` or a transaction)."""
+    if database.is_closed() or database.in_transaction() or database._state.ctx:
+        return
+    database.close()
+
+
 def begin_upload(key: str) -> DocumentFileRemoval:
     """Record, before any byte is stored, that ``key`` is to be removed unless the upload
-    finishes (committed at once, outside any transaction)."""
-    return DocumentFileRemoval.create(
-        file_location=key, reason="upload", not_before=utcnow() + UPLOAD_GRACE
-    )
+    finishes (committed at once, outside any transaction).
+
+    Uses its own connection and gives it back at once (see :func:`release_connection`):
+    the upload streams without one, and ``finish_upload`` takes one again."""
+    release_connection()
+    try:
+        return DocumentFileRemoval.create(
+            file_location=key, reason="upload", not_before=utcnow() + UPLOAD_GRACE
+        )
+    finally:
+        release_connection()
 
 
 def finish_upload(
