@@ -333,6 +333,21 @@ def test_list_is_paginated_newest_first_and_filters_by_study(nurse):
     assert nurse.get("/api/documents?study=nothing").json == []
 
 
+@pytest.mark.parametrize("study", ["%00x", "a%0Ab", "%E2%80%A8", "", "%20%20", "x" * 101], ids=repr)
+def test_a_bad_study_filter_is_a_422_naming_it(nurse, study):
+    """The filter follows a stored study's rules; a NUL was a 500 on PostgreSQL."""
+    answer = nurse.get(f"/api/documents?study={study}")
+    assert answer.status_code == 422, answer.get_data()
+    assert "study" in answer.json["errors"]["query"]
+
+
+def test_the_study_filter_is_trimmed_like_the_stored_study(nurse):
+    created = upload(nurse, study="ONC-7").json
+    answer = nurse.get("/api/documents?study=%20ONC-7%20")
+    assert answer.status_code == 200
+    assert [d["id"] for d in answer.json] == [created["id"]]
+
+
 def test_get_one_and_404(nurse):
     created = upload(nurse).json
     answer = nurse.get(f"/api/documents/{created['id']}")
