@@ -2,6 +2,7 @@
 pagination and the study filter, PATCH validation, downloads (ranges, ETag, a safe
 Content-Disposition), deletes whose file removal fails at first, and re-verification."""
 
+import datetime
 import hashlib
 import io
 import re
@@ -718,3 +719,31 @@ def test_the_remove_job_is_safe_to_run_twice(app, nurse):
     assert nurse.delete(f"/api/documents/{created['id']}").status_code == 204
     with app.app_context(), database.connection_context():
         assert records.remove_file(10**9) is False
+
+
+def test_the_scheduler_enqueues_the_sweep_which_removes_what_is_due(app, nurse):
+    """The sweep is registered with the core's scheduler; the schedule only enqueues it
+    (when something is due), and the job carries it out."""
+    from core.scheduler import Scheduler, collect
+
+    [schedule] = [s for s in collect(app) if s.name == "reporting.sweep_document_files"]
+    assert schedule.every == datetime.timedelta(minutes=10)
+    scheduler = Scheduler(app, [schedule])
+    queue = app.extensions["caredeck"].jobs.broker.queues["default"]
+    assert scheduler.run_one(schedule) and queue.qsize() == 0, "nothing due, nothing queued"
+
+    # An upload whose process died once it had stored its file, now overdue.
+    with app.app_context(), database.connection_context():
+        key = records.new_key()
+        store_for(app).put(key, io.BytesIO(b"orphan"), "text/plain")
+        DocumentFileRemoval.create(
+            file_location=key,
+            reason="upload",
+            not_before=utcnow() - datetime.timedelta(seconds=1),
+        )
+    assert len(files_in(app)) == 1
+    assert scheduler.run_one(schedule)
+    assert queue.qsize() == 1
+    assert len(files_in(app)) == 1, "the scheduler itself only enqueues"
+    run_jobs(app)
+    assert files_in(app) == [] and not removals()

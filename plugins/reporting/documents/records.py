@@ -265,7 +265,8 @@ def pending_removals(now: datetime.datetime | None = None, limit: int = 1000):
 
 
 def sweep(now: datetime.datetime | None = None, limit: int = 1000) -> dict[str, int]:
-    """Carry out every removal still pending past its time (for the scheduler, e.g. hourly).
+    """Carry out every removal still pending past its time (the job
+    ``reporting.sweep_document_files``, which the scheduler enqueues every 10 minutes).
 
     A failure is recorded on the removal (attempts, last error) and tried again later with
     back-off. Returns ``{"removed": n, "failed": m}``."""
