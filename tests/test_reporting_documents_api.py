@@ -315,6 +315,22 @@ def test_an_upload_that_died_half_way_is_swept_later(app, nurse):
         assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == pending.id) is None
 
 
+def test_the_sweep_removes_the_temporary_file_of_an_upload_whose_process_died(app, nurse):
+    """A process killed during put leaves <key>.part (it cannot clean up); the sweep, which
+    knows the key from the pending removal, removes it."""
+    with app.app_context(), database.connection_context():
+        key = records.new_key()
+        pending = records.begin_upload(key)
+        store = store_for(app)
+        store.partial_path(key).parent.mkdir(parents=True, exist_ok=True)
+        store.partial_path(key).write_bytes(b"half a file")
+        assert [path.name for path in files_in(app)] == [f"{key.split('/')[-1]}.part"]
+        later = utcnow() + records.UPLOAD_GRACE
+        assert records.sweep(now=later) == {"removed": 1, "failed": 0}
+        assert files_in(app) == []
+        assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == pending.id) is None
+
+
 # Reading -------------------------------------------------------------------------------
 
 

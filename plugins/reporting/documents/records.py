@@ -234,6 +234,8 @@ def remove_file(removal_id: int) -> bool:
     if removal is None:
         return False
     store().delete(removal.file_location)
+    if removal.reason == "upload":  # a process that died during put may have left a part
+        store().discard_incomplete(removal.file_location)
     DocumentFileRemoval.delete().where(DocumentFileRemoval.id == removal.id).execute()
     log.info("removed file %s (%s)", removal.file_location, removal.reason)
     return True
