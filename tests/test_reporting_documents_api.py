@@ -763,3 +763,49 @@ def test_the_scheduler_enqueues_the_sweep_which_removes_what_is_due(app, nurse):
     assert len(files_in(app)) == 1, "the scheduler itself only enqueues"
     run_jobs(app)
     assert files_in(app) == [] and not removals()
+
+
+@pytest.mark.parametrize("method", ["delete", "patch"])
+def test_two_changes_of_one_document_at_once_never_give_a_500(app, client_for, monkeypatch, method):
+    """Both read the document, then both write: on SQLite the second used to fail at once
+    with "database is locked" (a 500). Now the second waits and finds what the first did."""
+    import threading
+
+    nurse, doctor = client_for("nurse"), client_for("doctor")
+    created = upload(nurse).json
+    path = f"/api/documents/{created['id']}"
+    both_read = threading.Barrier(2, timeout=1)
+    real_locked = records._locked
+
+    def slow_locked(document_id):
+        document = real_locked(document_id)
+        try:
+            both_read.wait()  # on SQLite and PostgreSQL the second never gets here in time
+        except threading.BrokenBarrierError:
+            pass
+        return document
+
+    monkeypatch.setattr(records, "_locked", slow_locked)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    answers = {}
+
+    def change(client, name):
+        if method == "delete":
+            answers[name] = client.delete(path).status_code
+        else:
+            answers[name] = client.patch(path, json={"study": f"by-{name}"}).status_code
+
+    threads = [
+        threading.Thread(target=change, args=(client, name))
+        for client, name in ((nurse, "nurse"), (doctor, "doctor"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    if method == "delete":
+        assert sorted(answers.values()) == [204, 404], answers
+        assert [change.action for change in changes()] == ["created", "deleted"]
+    else:
+        assert sorted(answers.values()) == [200, 200], answers
+        assert [change.action for change in changes()] == ["created", "updated", "updated"]

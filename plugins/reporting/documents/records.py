@@ -157,9 +157,25 @@ def abandon_upload(pending: DocumentFileRemoval) -> None:
 # Changes --------------------------------------------------------------------------------
 
 
+def _write_transaction():
+    """A transaction that reads a row and then changes it.
+
+    On SQLite it takes the write lock at ``BEGIN`` (``IMMEDIATE``): a deferred transaction
+    reads under a shared lock and must upgrade it at its first write, which fails at once
+    with "database is locked" (the busy timeout does not apply) when another transaction
+    wrote meanwhile, so two deletes of one document were a 204 and a 500. With the lock
+    taken first, the second waits (up to the busy timeout) and then finds nothing: a 404.
+    PostgreSQL locks the row instead (``SELECT ... FOR UPDATE``, :func:`_locked`)."""
+    if is_sqlite():
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
 def _locked(document_id: int) -> Document | None:
+    """The document, locked until the transaction ends (on SQLite, the whole database is:
+    see :func:`_write_transaction`)."""
     query = Document.select().where(Document.id == document_id)
-    if not is_sqlite():  # SQLite locks the whole database for a write transaction instead
+    if not is_sqlite():
         query = query.for_update()
     return query.first()
 
@@ -172,7 +188,7 @@ def update(document_id: int, changes: Mapping[str, Any], by: str) -> Document | 
     unknown = set(changes) - set(WRITABLE_FIELDS)
     if unknown:
         raise ValueError(f"not writable: {sorted(unknown)}")
-    with database.atomic():
+    with _write_transaction():
         document = _locked(document_id)
         if document is None:
             return None
@@ -197,7 +213,7 @@ def delete(document_id: int, by: str) -> bool:
     The record, its ``deleted`` change and the pending file removal are one transaction;
     then the file is removed, and if that fails a job retries it (and, after that, the
     sweep)."""
-    with database.atomic():
+    with _write_transaction():
         document = _locked(document_id)
         if document is None:
             return False
