@@ -648,6 +648,19 @@ def test_a_deleted_documents_id_is_never_given_to_another(app, nurse):
     assert upload(nurse).json["id"] > first
 
 
+def test_a_done_removals_id_is_never_given_to_another(app, nurse):
+    """A job names its removal by id: one still retrying "removal 7" after removal 7 was
+    done must not carry out a newer removal 7 (on SQLite, without AUTOINCREMENT, the newest
+    removal's id came back once it was deleted)."""
+    with app.app_context(), database.connection_context():
+        first = records.begin_upload(records.new_key())
+        assert records.remove_file(first.id)
+        second = records.begin_upload(records.new_key())
+        assert second.id > first.id
+        assert not records.remove_file(first.id), "the old id names nothing"
+        assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == second.id)
+
+
 def test_a_delete_whose_file_removal_fails_at_first_is_finished_by_the_retried_job(
     app, nurse, monkeypatch
 ):
