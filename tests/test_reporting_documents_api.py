@@ -507,6 +507,28 @@ def test_download_streams_the_file_with_etag_and_headers(nurse):
     assert head.headers["Content-Length"] == str(len(CONTENT))
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "length"),
+    [({}, 200, len(CONTENT)), ({"Range": "bytes=0-99"}, 206, 100)],
+)
+def test_head_answers_the_headers_without_opening_the_file(
+    app, nurse, monkeypatch, headers, status, length
+):
+    """Nothing reads the body of a HEAD, so nothing would close an opened object."""
+    created = upload(nurse).json
+    store, opened = store_for(app), []
+    real_open = store.open
+    monkeypatch.setattr(store, "open", lambda *args: opened.append(args) or real_open(*args))
+    answer = nurse.head(f"/api/documents/{created['id']}/file", headers=headers)
+    assert (answer.status_code, answer.data) == (status, b"")
+    assert answer.headers["Content-Length"] == str(length)
+    assert answer.headers["ETag"] == f'"{created["md5"]}"'
+    assert answer.headers["Content-Type"] == "application/pdf"
+    assert opened == []
+    assert nurse.get(f"/api/documents/{created['id']}/file", headers=headers).status_code == status
+    assert len(opened) == 1
+
+
 def test_if_none_match_gives_304(nurse):
     created = upload(nurse).json
     url = f"/api/documents/{created['id']}/file"

@@ -299,6 +299,14 @@ class DocumentFile(MethodView):
                     headers={"Content-Range": f"bytes */{size}", **headers},
                 )
         start, stop = (wanted.start, wanted.stop) if wanted else (0, size)
+        headers["Content-Length"] = str(stop - start)
+        if wanted is not None:
+            headers["Content-Range"] = wanted.content_range(size)
+        status = 206 if wanted else 200
+        if request.method == "HEAD":
+            # The headers a GET would answer, without opening the object: nothing would
+            # read it, so nothing would close it (a file handle, or an S3 connection).
+            return Response(status=status, headers=headers, content_type=document.content_type)
         try:
             chunks = records.store().open(document.file_location, start, stop)
         except Missing:
@@ -311,12 +319,9 @@ class DocumentFile(MethodView):
         except StoreError as error:
             log.error("document %s: the store is unavailable: %s", document.id, error)
             _store_unavailable("try the download again in a moment.")
-        headers["Content-Length"] = str(stop - start)
-        if wanted is not None:
-            headers["Content-Range"] = wanted.content_range(size)
         return Response(
             chunks,
-            status=206 if wanted else 200,
+            status=status,
             headers=headers,
             content_type=document.content_type,
             direct_passthrough=True,
