@@ -568,6 +568,8 @@ def test_a_range_past_the_end_gives_416(nurse):
     assert answer.status_code == 416
     assert answer.headers["Content-Range"] == f"bytes */{len(CONTENT)}"
     assert answer.json["code"] == 416
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "Content-Disposition" not in answer.headers, "a JSON error is not the file"
 
 
 def test_several_ranges_an_invalid_range_or_a_stale_if_range_give_the_whole_file(nurse):
@@ -584,6 +586,22 @@ def test_several_ranges_an_invalid_range_or_a_stale_if_range_give_the_whole_file
         assert answer.data == CONTENT
     fresh = nurse.get(url, headers={"Range": "bytes=0-9", "If-Range": f'"{created["md5"]}"'})
     assert fresh.status_code == 206
+
+
+@pytest.mark.parametrize(
+    "if_range", ['W/"{md5}"', "Sun, 22 Nov 2099 10:00:00 GMT", '"{md5}", "other"']
+)
+def test_if_range_needs_a_strong_etag_match_else_the_whole_file(nurse, if_range):
+    """RFC 9110 13.1.5: If-Range takes a strong comparison; a weak ETag (or a date, which
+    is not how this server validates) gets the whole file, never a piece of another copy."""
+    created = upload(nurse).json
+    answer = nurse.get(
+        f"/api/documents/{created['id']}/file",
+        headers={"Range": "bytes=0-9", "If-Range": if_range.format(md5=created["md5"])},
+    )
+    assert answer.status_code == 200
+    assert answer.data == CONTENT
+    assert "Content-Range" not in answer.headers
 
 
 @pytest.mark.parametrize(

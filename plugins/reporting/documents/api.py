@@ -274,30 +274,34 @@ class DocumentFile(MethodView):
         """
         document = _document_or_404(document_id)
         etag = downloads.etag_of(document.md5)
+        # On every answer about the file, the 304 and the 416 included.
         headers = {
             "ETag": etag,
             "Accept-Ranges": "bytes",
             # The browser may keep a copy but must revalidate it (a cheap 304); no proxy does.
             "Cache-Control": "private, no-cache",
-            "Content-Disposition": downloads.content_disposition(document.filename),
-            # Uploaded bytes never run as a page of ours, whatever their type says.
-            "Content-Security-Policy": "sandbox; default-src 'none'",
         }
         if request.if_none_match and request.if_none_match.contains_weak(document.md5):
             return Response(status=304, headers=headers)
 
         size, wanted = document.size, None
-        # If-Range: the range only if the client's copy is this one (a strong ETag match).
-        fresh = "If-Range" not in request.headers or request.if_range.etag == document.md5
+        # If-Range: the range only if the client's copy is this one, which takes a strong
+        # ETag match (RFC 9110, 13.1.5): a weak ETag or a date gets the whole file.
+        # (werkzeug's parsed If-Range drops the W/, so the header is compared as sent.)
+        fresh = "If-Range" not in request.headers or request.headers["If-Range"].strip() == etag
         if request.range is not None and fresh:
             try:
                 wanted = downloads.byte_range(request.range, size)
             except downloads.Unsatisfiable:
-                abort(
+                abort(  # a JSON error: not offered as the file (no Content-Disposition)
                     416,
                     message=f"The range starts past the end of the file ({size} bytes).",
                     headers={"Content-Range": f"bytes */{size}", **headers},
                 )
+        # Only on the file itself (200, 206), never on a JSON error.
+        headers["Content-Disposition"] = downloads.content_disposition(document.filename)
+        # Uploaded bytes never run as a page of ours, whatever their type says.
+        headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
         start, stop = (wanted.start, wanted.stop) if wanted else (0, size)
         headers["Content-Length"] = str(stop - start)
         if wanted is not None:
