@@ -635,8 +635,28 @@ def test_a_missing_file_is_a_clear_404_and_verifies_as_missing(app, nurse):
     answer = nurse.get(f"/api/documents/{created['id']}/file")
     assert answer.status_code == 404
     assert "missing from the store" in answer.json["message"]
+    assert "Content-Disposition" not in answer.headers
+    assert nurse.head(f"/api/documents/{created['id']}/file").status_code == 404
     with app.app_context(), database.connection_context():
         assert records.verify(Document.get_by_id(created["id"])) == "missing"
+
+
+@pytest.mark.parametrize("stored", [CONTENT[:100], CONTENT + b"more"], ids=["short", "long"])
+@pytest.mark.parametrize("method", ["get", "head"])
+def test_a_file_whose_size_is_not_the_records_is_a_clear_error_not_a_broken_answer(
+    app, nurse, stored, method
+):
+    """Served with the record's Content-Length, a shorter file ended the answer early (the
+    client waited for bytes that never came)."""
+    created = upload(nurse).json
+    (Path(store_for(app).root) / created["file_location"]).write_bytes(stored)
+    for headers in ({}, {"Range": "bytes=0-9"}):
+        answer = getattr(nurse, method)(f"/api/documents/{created['id']}/file", headers=headers)
+        assert answer.status_code == 404
+        assert "Content-Disposition" not in answer.headers
+        if method == "get":
+            assert "is not the one uploaded" in answer.json["message"]
+            assert f"{len(stored)} bytes, the record says {len(CONTENT)}" in answer.json["message"]
 
 
 def test_verify_finds_a_corrupt_file(app, nurse):
