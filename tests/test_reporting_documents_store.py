@@ -187,6 +187,22 @@ def test_an_unreachable_store_raises_store_error(tmp_path, s3_environment, monke
             local.put("documents/a", io.BytesIO(b"x"), "text/plain")
 
 
+def test_a_403_is_a_store_error_never_missing(s3_environment):
+    """Without s3:ListBucket S3 answers 403 for a missing key, but a 403 also means expired
+    credentials or a refusing policy: reported as missing, staff would re-upload documents
+    that are still there. So a 403 is a StoreError (docs/documents.md: grant ListBucket)."""
+    from botocore.stub import Stubber
+
+    store = S3Store(s3_environment)
+    with Stubber(store.client) as stub:
+        stub.add_client_error("head_object", "403", "Forbidden", http_status_code=403)
+        stub.add_client_error("get_object", "AccessDenied", "Access Denied", 403)
+        for call in (lambda: store.size("documents/a"), lambda: store.open("documents/a")):
+            with pytest.raises(StoreError) as raised:
+                call()
+            assert not isinstance(raised.value, Missing)
+
+
 def test_exactly_max_bytes_is_accepted(store):
     assert store.put("documents/edge", io.BytesIO(b"z" * 1000), "text/plain", 1000).size == 1000
 
