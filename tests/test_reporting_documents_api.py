@@ -2,6 +2,7 @@
 pagination and the study filter, PATCH validation, downloads (ranges, ETag, a safe
 Content-Disposition), deletes whose file removal fails at first, and re-verification."""
 
+import datetime
 import hashlib
 import io
 import re
@@ -235,6 +236,29 @@ def test_a_chunked_upload_without_content_length_is_held_to_the_limit(app, nurse
         assert files_in(app) == [] and not removals()
 
 
+def test_an_upload_holds_no_database_connection_while_it_streams(app, nurse, monkeypatch):
+    """A slow upload must not keep a pooled connection for the whole transfer: 20 of them
+    would starve the pool (20 per process) and every other request would wait, then fail."""
+    from playhouse.pool import PooledDatabase
+
+    store, seen = store_for(app), []
+    real_put = store.put
+
+    def put(key, stream, content_type, max_bytes=None):
+        pool = database.obj
+        in_use = len(pool._in_use) if isinstance(pool, PooledDatabase) else 0
+        seen.append((database.is_closed(), in_use))
+        return real_put(key, stream, content_type, max_bytes)
+
+    monkeypatch.setattr(store, "put", put)
+    answer = upload(nurse)
+    assert answer.status_code == 201, answer.json
+    assert seen == [(True, 0)], "the request held a connection while the file streamed"
+    with database.connection_context():
+        assert Document.select().count() == 1
+    assert not removals()
+
+
 def test_a_failing_commit_removes_the_stored_file(app, nurse, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
@@ -291,6 +315,22 @@ def test_an_upload_that_died_half_way_is_swept_later(app, nurse):
         assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == pending.id) is None
 
 
+def test_the_sweep_removes_the_temporary_file_of_an_upload_whose_process_died(app, nurse):
+    """A process killed during put leaves <key>.part (it cannot clean up); the sweep, which
+    knows the key from the pending removal, removes it."""
+    with app.app_context(), database.connection_context():
+        key = records.new_key()
+        pending = records.begin_upload(key)
+        store = store_for(app)
+        store.partial_path(key).parent.mkdir(parents=True, exist_ok=True)
+        store.partial_path(key).write_bytes(b"half a file")
+        assert [path.name for path in files_in(app)] == [f"{key.split('/')[-1]}.part"]
+        later = utcnow() + records.UPLOAD_GRACE
+        assert records.sweep(now=later) == {"removed": 1, "failed": 0}
+        assert files_in(app) == []
+        assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == pending.id) is None
+
+
 # Reading -------------------------------------------------------------------------------
 
 
@@ -308,6 +348,21 @@ def test_list_is_paginated_newest_first_and_filters_by_study(nurse):
     only_a = nurse.get("/api/documents?study=A")
     assert [d["id"] for d in only_a.json] == [ids[3], ids[1]]
     assert nurse.get("/api/documents?study=nothing").json == []
+
+
+@pytest.mark.parametrize("study", ["%00x", "a%0Ab", "%E2%80%A8", "", "%20%20", "x" * 101], ids=repr)
+def test_a_bad_study_filter_is_a_422_naming_it(nurse, study):
+    """The filter follows a stored study's rules; a NUL was a 500 on PostgreSQL."""
+    answer = nurse.get(f"/api/documents?study={study}")
+    assert answer.status_code == 422, answer.get_data()
+    assert "study" in answer.json["errors"]["query"]
+
+
+def test_the_study_filter_is_trimmed_like_the_stored_study(nurse):
+    created = upload(nurse, study="ONC-7").json
+    answer = nurse.get("/api/documents?study=%20ONC-7%20")
+    assert answer.status_code == 200
+    assert [d["id"] for d in answer.json] == [created["id"]]
 
 
 def test_get_one_and_404(nurse):
@@ -452,6 +507,28 @@ def test_download_streams_the_file_with_etag_and_headers(nurse):
     assert head.headers["Content-Length"] == str(len(CONTENT))
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "length"),
+    [({}, 200, len(CONTENT)), ({"Range": "bytes=0-99"}, 206, 100)],
+)
+def test_head_answers_the_headers_without_opening_the_file(
+    app, nurse, monkeypatch, headers, status, length
+):
+    """Nothing reads the body of a HEAD, so nothing would close an opened object."""
+    created = upload(nurse).json
+    store, opened = store_for(app), []
+    real_open = store.open
+    monkeypatch.setattr(store, "open", lambda *args: opened.append(args) or real_open(*args))
+    answer = nurse.head(f"/api/documents/{created['id']}/file", headers=headers)
+    assert (answer.status_code, answer.data) == (status, b"")
+    assert answer.headers["Content-Length"] == str(length)
+    assert answer.headers["ETag"] == f'"{created["md5"]}"'
+    assert answer.headers["Content-Type"] == "application/pdf"
+    assert opened == []
+    assert nurse.get(f"/api/documents/{created['id']}/file", headers=headers).status_code == status
+    assert len(opened) == 1
+
+
 def test_if_none_match_gives_304(nurse):
     created = upload(nurse).json
     url = f"/api/documents/{created['id']}/file"
@@ -491,6 +568,8 @@ def test_a_range_past_the_end_gives_416(nurse):
     assert answer.status_code == 416
     assert answer.headers["Content-Range"] == f"bytes */{len(CONTENT)}"
     assert answer.json["code"] == 416
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "Content-Disposition" not in answer.headers, "a JSON error is not the file"
 
 
 def test_several_ranges_an_invalid_range_or_a_stale_if_range_give_the_whole_file(nurse):
@@ -507,6 +586,22 @@ def test_several_ranges_an_invalid_range_or_a_stale_if_range_give_the_whole_file
         assert answer.data == CONTENT
     fresh = nurse.get(url, headers={"Range": "bytes=0-9", "If-Range": f'"{created["md5"]}"'})
     assert fresh.status_code == 206
+
+
+@pytest.mark.parametrize(
+    "if_range", ['W/"{md5}"', "Sun, 22 Nov 2099 10:00:00 GMT", '"{md5}", "other"']
+)
+def test_if_range_needs_a_strong_etag_match_else_the_whole_file(nurse, if_range):
+    """RFC 9110 13.1.5: If-Range takes a strong comparison; a weak ETag (or a date, which
+    is not how this server validates) gets the whole file, never a piece of another copy."""
+    created = upload(nurse).json
+    answer = nurse.get(
+        f"/api/documents/{created['id']}/file",
+        headers={"Range": "bytes=0-9", "If-Range": if_range.format(md5=created["md5"])},
+    )
+    assert answer.status_code == 200
+    assert answer.data == CONTENT
+    assert "Content-Range" not in answer.headers
 
 
 @pytest.mark.parametrize(
@@ -540,8 +635,28 @@ def test_a_missing_file_is_a_clear_404_and_verifies_as_missing(app, nurse):
     answer = nurse.get(f"/api/documents/{created['id']}/file")
     assert answer.status_code == 404
     assert "missing from the store" in answer.json["message"]
+    assert "Content-Disposition" not in answer.headers
+    assert nurse.head(f"/api/documents/{created['id']}/file").status_code == 404
     with app.app_context(), database.connection_context():
         assert records.verify(Document.get_by_id(created["id"])) == "missing"
+
+
+@pytest.mark.parametrize("stored", [CONTENT[:100], CONTENT + b"more"], ids=["short", "long"])
+@pytest.mark.parametrize("method", ["get", "head"])
+def test_a_file_whose_size_is_not_the_records_is_a_clear_error_not_a_broken_answer(
+    app, nurse, stored, method
+):
+    """Served with the record's Content-Length, a shorter file ended the answer early (the
+    client waited for bytes that never came)."""
+    created = upload(nurse).json
+    (Path(store_for(app).root) / created["file_location"]).write_bytes(stored)
+    for headers in ({}, {"Range": "bytes=0-9"}):
+        answer = getattr(nurse, method)(f"/api/documents/{created['id']}/file", headers=headers)
+        assert answer.status_code == 404
+        assert "Content-Disposition" not in answer.headers
+        if method == "get":
+            assert "is not the one uploaded" in answer.json["message"]
+            assert f"{len(stored)} bytes, the record says {len(CONTENT)}" in answer.json["message"]
 
 
 def test_verify_finds_a_corrupt_file(app, nurse):
@@ -591,6 +706,19 @@ def test_a_deleted_documents_id_is_never_given_to_another(app, nurse):
     first = upload(nurse).json["id"]
     assert nurse.delete(f"/api/documents/{first}").status_code == 204
     assert upload(nurse).json["id"] > first
+
+
+def test_a_done_removals_id_is_never_given_to_another(app, nurse):
+    """A job names its removal by id: one still retrying "removal 7" after removal 7 was
+    done must not carry out a newer removal 7 (on SQLite, without AUTOINCREMENT, the newest
+    removal's id came back once it was deleted)."""
+    with app.app_context(), database.connection_context():
+        first = records.begin_upload(records.new_key())
+        assert records.remove_file(first.id)
+        second = records.begin_upload(records.new_key())
+        assert second.id > first.id
+        assert not records.remove_file(first.id), "the old id names nothing"
+        assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == second.id)
 
 
 def test_a_delete_whose_file_removal_fails_at_first_is_finished_by_the_retried_job(
@@ -680,3 +808,77 @@ def test_the_remove_job_is_safe_to_run_twice(app, nurse):
     assert nurse.delete(f"/api/documents/{created['id']}").status_code == 204
     with app.app_context(), database.connection_context():
         assert records.remove_file(10**9) is False
+
+
+def test_the_scheduler_enqueues_the_sweep_which_removes_what_is_due(app, nurse):
+    """The sweep is registered with the core's scheduler; the schedule only enqueues it
+    (when something is due), and the job carries it out."""
+    from core.scheduler import Scheduler, collect
+
+    [schedule] = [s for s in collect(app) if s.name == "reporting.sweep_document_files"]
+    assert schedule.every == datetime.timedelta(minutes=10)
+    scheduler = Scheduler(app, [schedule])
+    queue = app.extensions["caredeck"].jobs.broker.queues["default"]
+    assert scheduler.run_one(schedule) and queue.qsize() == 0, "nothing due, nothing queued"
+
+    # An upload whose process died once it had stored its file, now overdue.
+    with app.app_context(), database.connection_context():
+        key = records.new_key()
+        store_for(app).put(key, io.BytesIO(b"orphan"), "text/plain")
+        DocumentFileRemoval.create(
+            file_location=key,
+            reason="upload",
+            not_before=utcnow() - datetime.timedelta(seconds=1),
+        )
+    assert len(files_in(app)) == 1
+    assert scheduler.run_one(schedule)
+    assert queue.qsize() == 1
+    assert len(files_in(app)) == 1, "the scheduler itself only enqueues"
+    run_jobs(app)
+    assert files_in(app) == [] and not removals()
+
+
+@pytest.mark.parametrize("method", ["delete", "patch"])
+def test_two_changes_of_one_document_at_once_never_give_a_500(app, client_for, monkeypatch, method):
+    """Both read the document, then both write: on SQLite the second used to fail at once
+    with "database is locked" (a 500). Now the second waits and finds what the first did."""
+    import threading
+
+    nurse, doctor = client_for("nurse"), client_for("doctor")
+    created = upload(nurse).json
+    path = f"/api/documents/{created['id']}"
+    both_read = threading.Barrier(2, timeout=1)
+    real_locked = records._locked
+
+    def slow_locked(document_id):
+        document = real_locked(document_id)
+        try:
+            both_read.wait()  # on SQLite and PostgreSQL the second never gets here in time
+        except threading.BrokenBarrierError:
+            pass
+        return document
+
+    monkeypatch.setattr(records, "_locked", slow_locked)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    answers = {}
+
+    def change(client, name):
+        if method == "delete":
+            answers[name] = client.delete(path).status_code
+        else:
+            answers[name] = client.patch(path, json={"study": f"by-{name}"}).status_code
+
+    threads = [
+        threading.Thread(target=change, args=(client, name))
+        for client, name in ((nurse, "nurse"), (doctor, "doctor"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    if method == "delete":
+        assert sorted(answers.values()) == [204, 404], answers
+        assert [change.action for change in changes()] == ["created", "deleted"]
+    else:
+        assert sorted(answers.values()) == [200, 200], answers
+        assert [change.action for change in changes()] == ["created", "updated", "updated"]

@@ -4,15 +4,17 @@ S3-compatible server (moto's server mode on 127.0.0.1, the ``s3_server`` fixture
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import uuid
 
 import boto3
 import pytest
 
-from core.db import database
+from core.db import database, utcnow
 from plugins.reporting import plugin as reporting
 from plugins.reporting.documents import records
-from plugins.reporting.documents.models import Document
+from plugins.reporting.documents.models import Document, DocumentFileRemoval
 from plugins.reporting.documents.storage import (
     S3_MIN_PART_SIZE,
     LocalStore,
@@ -185,11 +187,107 @@ def test_an_unreachable_store_raises_store_error(tmp_path, s3_environment, monke
             local.put("documents/a", io.BytesIO(b"x"), "text/plain")
 
 
+def test_a_403_is_a_store_error_never_missing(s3_environment):
+    """Without s3:ListBucket S3 answers 403 for a missing key, but a 403 also means expired
+    credentials or a refusing policy: reported as missing, staff would re-upload documents
+    that are still there. So a 403 is a StoreError (docs/documents.md: grant ListBucket)."""
+    from botocore.stub import Stubber
+
+    store = S3Store(s3_environment)
+    with Stubber(store.client) as stub:
+        stub.add_client_error("head_object", "403", "Forbidden", http_status_code=403)
+        stub.add_client_error("get_object", "AccessDenied", "Access Denied", 403)
+        for call in (lambda: store.size("documents/a"), lambda: store.open("documents/a")):
+            with pytest.raises(StoreError) as raised:
+                call()
+            assert not isinstance(raised.value, Missing)
+
+
 def test_exactly_max_bytes_is_accepted(store):
     assert store.put("documents/edge", io.BytesIO(b"z" * 1000), "text/plain", 1000).size == 1000
 
 
-@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a//b", "documents/../x", "", "a b"])
+def test_a_put_killed_half_way_leaves_only_what_discard_incomplete_removes(tmp_path):
+    """SIGKILL, an OOM kill or an evicted pod: put cannot clean up, so its temporary file
+    is named by the key, and removing the key (or discard_incomplete) removes it."""
+    script = (
+        "import os, sys\n"
+        "from plugins.reporting.documents.storage import LocalStore\n"
+        "class Dying:\n"
+        "    calls = 0\n"
+        "    def read(self, size):\n"
+        "        Dying.calls += 1\n"
+        "        if Dying.calls > 2:\n"
+        "            os._exit(9)\n"
+        "        return b'x' * size\n"
+        "LocalStore(sys.argv[1]).put('documents/abc', Dying(), 'text/plain')\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert died.returncode == 9
+    store = LocalStore(tmp_path)
+    assert leftovers(store) == ["documents/abc.part"]
+    store.discard_incomplete("documents/abc")
+    assert leftovers(store) == []
+    # Again, and this time the key is deleted: that removes the leftover too.
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert leftovers(store) == ["documents/abc.part"]
+    store.delete("documents/abc")
+    assert leftovers(store) == []
+
+
+def test_a_leftover_of_a_dead_put_does_not_block_the_key(tmp_path):
+    store = LocalStore(tmp_path)
+    store.partial_path("documents/abc").parent.mkdir(parents=True)
+    store.partial_path("documents/abc").write_bytes(b"half of something longer")
+    assert store.put("documents/abc", io.BytesIO(b"new"), "text/plain").size == 3
+    assert read_all(store, "documents/abc") == b"new"
+    assert leftovers(store) == ["documents/abc"]
+
+
+def test_two_puts_of_one_key_at_once_do_not_share_a_temporary_file(tmp_path):
+    store = LocalStore(tmp_path)
+
+    class Nested(io.RawIOBase):
+        done = False
+
+        def readable(self):
+            return True
+
+        def read(self, size=-1):
+            if not self.done:
+                self.done = True
+                with pytest.raises(StoreError, match="in progress"):
+                    store.put("documents/abc", io.BytesIO(b"other"), "text/plain")
+                return b"first"
+            return b""
+
+    store.put("documents/abc", Nested(), "text/plain")
+    assert read_all(store, "documents/abc") == b"first"
+    assert leftovers(store) == ["documents/abc"]
+
+
+def test_discard_incomplete_aborts_an_unfinished_multipart_upload_of_the_key(s3_environment):
+    store = S3Store(s3_environment, "caredeck", part_size=S3_MIN_PART_SIZE)
+    client = store.client
+    for key in ("documents/abc", "documents/abcd"):  # the second only shares a prefix
+        upload = client.create_multipart_upload(Bucket=store.bucket, Key=store.object_key(key))
+        client.upload_part(
+            Bucket=store.bucket,
+            Key=store.object_key(key),
+            UploadId=upload["UploadId"],
+            PartNumber=1,
+            Body=b"x" * 1024,
+        )
+    store.discard_incomplete("documents/abc")
+    assert leftovers(store) == ["upload:caredeck/documents/abcd"]
+    store.discard_incomplete("documents/abcd")
+    store.discard_incomplete("documents/nothing")  # nothing there: not an error
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize(
+    "key", ["../etc/passwd", "/abs", "a//b", "documents/../x", "", "a b", "documents/a.part"]
+)
 def test_keys_that_could_escape_are_refused(store, key):
     with pytest.raises(ValueError):
         store.put(key, io.BytesIO(b"x"), "text/plain")
@@ -277,3 +375,21 @@ def test_the_api_on_s3_uploads_downloads_verifies_and_deletes(
 
     assert doctor.delete(f"/api/documents/{created['id']}").status_code == 204
     assert leftovers(store_for(app)) == []
+
+
+def test_the_sweep_aborts_the_multipart_upload_of_an_upload_that_died(
+    s3_environment, make_app, users
+):
+    """A process killed during a large upload leaves an unfinished multipart upload (billed
+    until aborted) and a pending removal; the sweep aborts the upload."""
+    app = make_app(STORAGE_URL=f"s3://{s3_environment}/caredeck")
+    store = store_for(app)
+    with app.app_context(), database.connection_context():
+        key = records.new_key()
+        pending = records.begin_upload(key)
+        store.client.create_multipart_upload(Bucket=store.bucket, Key=store.object_key(key))
+        assert leftovers(store) == [f"upload:caredeck/{key}"]
+        later = utcnow() + records.UPLOAD_GRACE
+        assert records.sweep(now=later) == {"removed": 1, "failed": 0}
+        assert leftovers(store) == []
+        assert DocumentFileRemoval.get_or_none(DocumentFileRemoval.id == pending.id) is None

@@ -5,7 +5,10 @@ by ``STORAGE_URL`` (:mod:`plugins.reporting.documents.storage`), the ``/api/docu
 routes, and the jobs that finish file removals. See ``docs/documents.md``.
 """
 
+import datetime
+
 from core.config import Setting, integer
+from core.scheduler import Schedule
 from plugins.reporting.documents import api, jobs
 from plugins.reporting.documents.models import MODELS as DOCUMENT_MODELS
 
@@ -23,4 +26,8 @@ API_BLUEPRINTS: list = [api.blp]
 PAGE_BLUEPRINTS: list = []
 NAVIGATION: list = []
 ACTORS: list = list(jobs.ACTORS)
+# Enqueues the sweep of file removals left pending (an upload whose process died, a delete
+# whose file removal kept failing) when one is due. Idempotent, like every schedule.
+SWEEP_EVERY = datetime.timedelta(minutes=10)
+SCHEDULES: list = [Schedule("reporting.sweep_document_files", SWEEP_EVERY, jobs.enqueue_sweep)]
 CLI_COMMANDS: list = []

@@ -92,7 +92,10 @@ FILE_RESPONSES = {
     },
     "206": {"description": "The requested byte range (`Content-Range`)"},
     "304": {"description": "`If-None-Match` matched the `ETag`: the copy you have is current"},
-    "404": {"description": "No such document, or its file is missing from the store"},
+    "404": {
+        "description": "No such document, or its file is missing from the store or is not "
+        "the one uploaded (its size differs from the record's)"
+    },
     "416": {"description": "The range starts past the end of the file"},
     "503": {"description": "The file store is unavailable"},
 }
@@ -121,6 +124,31 @@ def _too_large(limit: int):
 
 def _store_unavailable(consequence: str):
     abort(503, message=f"The file store is unavailable; {consequence}")
+
+
+def _file_missing(document: Document):
+    log.error("document %s: its file %s is missing", document.id, document.file_location)
+    abort(
+        404,
+        message=f"The file of document {document.id} is missing from the store; "
+        "the weekly report flags it. Upload it again.",
+    )
+
+
+def _file_damaged(document: Document, stored_size: int):
+    log.error(
+        "document %s: its file %s has %d bytes, the record says %d",
+        document.id,
+        document.file_location,
+        stored_size,
+        document.size,
+    )
+    abort(
+        404,
+        message=f"The file of document {document.id} in the store is not the one uploaded "
+        f"({stored_size} bytes, the record says {document.size}); the weekly report flags "
+        "it. Upload it again.",
+    )
 
 
 def _invalid(errors: dict):
@@ -274,49 +302,65 @@ class DocumentFile(MethodView):
         """
         document = _document_or_404(document_id)
         etag = downloads.etag_of(document.md5)
+        # On every answer about the file, the 304 and the 416 included.
         headers = {
             "ETag": etag,
             "Accept-Ranges": "bytes",
             # The browser may keep a copy but must revalidate it (a cheap 304); no proxy does.
             "Cache-Control": "private, no-cache",
-            "Content-Disposition": downloads.content_disposition(document.filename),
-            # Uploaded bytes never run as a page of ours, whatever their type says.
-            "Content-Security-Policy": "sandbox; default-src 'none'",
         }
         if request.if_none_match and request.if_none_match.contains_weak(document.md5):
             return Response(status=304, headers=headers)
 
+        # The answer promises Content-Length (and ranges) from the size, so check the
+        # store's before promising anything: a file shorter than its record would end the
+        # answer early, and the client would wait for bytes that never come.
+        try:
+            stored_size = records.store().size(document.file_location)
+        except StoreError as error:
+            log.error("document %s: the store is unavailable: %s", document.id, error)
+            _store_unavailable("try the download again in a moment.")
+        if stored_size is None:
+            _file_missing(document)
+        if stored_size != document.size:
+            _file_damaged(document, stored_size)
         size, wanted = document.size, None
-        # If-Range: the range only if the client's copy is this one (a strong ETag match).
-        fresh = "If-Range" not in request.headers or request.if_range.etag == document.md5
+        # If-Range: the range only if the client's copy is this one, which takes a strong
+        # ETag match (RFC 9110, 13.1.5): a weak ETag or a date gets the whole file.
+        # (werkzeug's parsed If-Range drops the W/, so the header is compared as sent.)
+        fresh = "If-Range" not in request.headers or request.headers["If-Range"].strip() == etag
         if request.range is not None and fresh:
             try:
                 wanted = downloads.byte_range(request.range, size)
             except downloads.Unsatisfiable:
-                abort(
+                abort(  # a JSON error: not offered as the file (no Content-Disposition)
                     416,
                     message=f"The range starts past the end of the file ({size} bytes).",
                     headers={"Content-Range": f"bytes */{size}", **headers},
                 )
+        # Only on the file itself (200, 206), never on a JSON error.
+        headers["Content-Disposition"] = downloads.content_disposition(document.filename)
+        # Uploaded bytes never run as a page of ours, whatever their type says.
+        headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
         start, stop = (wanted.start, wanted.stop) if wanted else (0, size)
-        try:
-            chunks = records.store().open(document.file_location, start, stop)
-        except Missing:
-            log.error("document %s: its file %s is missing", document.id, document.file_location)
-            abort(
-                404,
-                message=f"The file of document {document.id} is missing from the store; "
-                "the weekly report flags it. Upload it again.",
-            )
-        except StoreError as error:
-            log.error("document %s: the store is unavailable: %s", document.id, error)
-            _store_unavailable("try the download again in a moment.")
         headers["Content-Length"] = str(stop - start)
         if wanted is not None:
             headers["Content-Range"] = wanted.content_range(size)
+        status = 206 if wanted else 200
+        if request.method == "HEAD":
+            # The headers a GET would answer, without opening the object: nothing would
+            # read it, so nothing would close it (a file handle, or an S3 connection).
+            return Response(status=status, headers=headers, content_type=document.content_type)
+        try:
+            chunks = records.store().open(document.file_location, start, stop)
+        except Missing:  # removed since the size was read
+            _file_missing(document)
+        except StoreError as error:
+            log.error("document %s: the store is unavailable: %s", document.id, error)
+            _store_unavailable("try the download again in a moment.")
         return Response(
             chunks,
-            status=206 if wanted else 200,
+            status=status,
             headers=headers,
             content_type=document.content_type,
             direct_passthrough=True,

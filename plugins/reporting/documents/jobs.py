@@ -29,8 +29,21 @@ def remove_document_file(removal_id: int) -> bool:
     max_retries=0,  # the next scheduled sweep is the retry
 )
 def sweep_document_files() -> dict[str, int]:
-    """Carry out every file removal still pending past its time (schedule e.g. hourly)."""
+    """Carry out every file removal still pending past its time (enqueued by the schedule
+    ``reporting.sweep_document_files``, :func:`enqueue_sweep`)."""
     return records.sweep()
+
+
+def enqueue_sweep() -> bool:
+    """The scheduler's task: enqueue the sweep when a removal is due; ``True`` if it did.
+
+    The scheduler runs its tasks one after another in one thread, so it only does cheap
+    work itself (one indexed query); the sweep, which calls the store for each file, runs
+    on a worker. Two schedulers may enqueue two sweeps: running it twice is harmless."""
+    if not records.pending_removals(limit=1).exists():
+        return False
+    sweep_document_files.send()
+    return True
 
 
 ACTORS = [remove_document_file, sweep_document_files]

@@ -72,12 +72,31 @@ def _log_change(document: Document, action: str, by: str, at: datetime.datetime)
 # Uploads --------------------------------------------------------------------------------
 
 
+def release_connection() -> None:
+    """Give the calling thread's database connection back (to the pool on PostgreSQL).
+
+    An upload calls this before streaming: a transfer may take minutes, and a connection
+    held meanwhile would let a few slow uploads take the whole pool. The next query takes a
+    connection again (``autoconnect``). It does nothing when the caller manages the
+    connection (inside ``connection_context()`` or a transaction)."""
+    if database.is_closed() or database.in_transaction() or database._state.ctx:
+        return
+    database.close()
+
+
 def begin_upload(key: str) -> DocumentFileRemoval:
     """Record, before any byte is stored, that ``key`` is to be removed unless the upload
-    finishes (committed at once, outside any transaction)."""
-    return DocumentFileRemoval.create(
-        file_location=key, reason="upload", not_before=utcnow() + UPLOAD_GRACE
-    )
+    finishes (committed at once, outside any transaction).
+
+    Uses its own connection and gives it back at once (see :func:`release_connection`):
+    the upload streams without one, and ``finish_upload`` takes one again."""
+    release_connection()
+    try:
+        return DocumentFileRemoval.create(
+            file_location=key, reason="upload", not_before=utcnow() + UPLOAD_GRACE
+        )
+    finally:
+        release_connection()
 
 
 def finish_upload(
@@ -138,9 +157,25 @@ def abandon_upload(pending: DocumentFileRemoval) -> None:
 # Changes --------------------------------------------------------------------------------
 
 
+def _write_transaction():
+    """A transaction that reads a row and then changes it.
+
+    On SQLite it takes the write lock at ``BEGIN`` (``IMMEDIATE``): a deferred transaction
+    reads under a shared lock and must upgrade it at its first write, which fails at once
+    with "database is locked" (the busy timeout does not apply) when another transaction
+    wrote meanwhile, so two deletes of one document were a 204 and a 500. With the lock
+    taken first, the second waits (up to the busy timeout) and then finds nothing: a 404.
+    PostgreSQL locks the row instead (``SELECT ... FOR UPDATE``, :func:`_locked`)."""
+    if is_sqlite():
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
 def _locked(document_id: int) -> Document | None:
+    """The document, locked until the transaction ends (on SQLite, the whole database is:
+    see :func:`_write_transaction`)."""
     query = Document.select().where(Document.id == document_id)
-    if not is_sqlite():  # SQLite locks the whole database for a write transaction instead
+    if not is_sqlite():
         query = query.for_update()
     return query.first()
 
@@ -153,7 +188,7 @@ def update(document_id: int, changes: Mapping[str, Any], by: str) -> Document | 
     unknown = set(changes) - set(WRITABLE_FIELDS)
     if unknown:
         raise ValueError(f"not writable: {sorted(unknown)}")
-    with database.atomic():
+    with _write_transaction():
         document = _locked(document_id)
         if document is None:
             return None
@@ -178,7 +213,7 @@ def delete(document_id: int, by: str) -> bool:
     The record, its ``deleted`` change and the pending file removal are one transaction;
     then the file is removed, and if that fails a job retries it (and, after that, the
     sweep)."""
-    with database.atomic():
+    with _write_transaction():
         document = _locked(document_id)
         if document is None:
             return False
@@ -215,6 +250,8 @@ def remove_file(removal_id: int) -> bool:
     if removal is None:
         return False
     store().delete(removal.file_location)
+    if removal.reason == "upload":  # a process that died during put may have left a part
+        store().discard_incomplete(removal.file_location)
     DocumentFileRemoval.delete().where(DocumentFileRemoval.id == removal.id).execute()
     log.info("removed file %s (%s)", removal.file_location, removal.reason)
     return True
@@ -246,7 +283,8 @@ def pending_removals(now: datetime.datetime | None = None, limit: int = 1000):
 
 
 def sweep(now: datetime.datetime | None = None, limit: int = 1000) -> dict[str, int]:
-    """Carry out every removal still pending past its time (for the scheduler, e.g. hourly).
+    """Carry out every removal still pending past its time (the job
+    ``reporting.sweep_document_files``, which the scheduler enqueues every 10 minutes).
 
     A failure is recorded on the removal (attempts, last error) and tried again later with
     back-off. Returns ``{"removed": n, "failed": m}``."""

@@ -168,7 +168,26 @@ class ReportingDocumentSchema(ma.Schema):
 
 
 class ReportingDocumentQuerySchema(ma.Schema):
+    """The list's filter: the same rules as a stored study (trimmed, one line, 1 to 100
+    characters), so that no value reaches the database that it could not hold (PostgreSQL
+    refuses a NUL in a string: that was a 500)."""
+
     study = ma.fields.String(
-        validate=ma.validate.Length(min=1, max=STUDY_MAX_LENGTH),
+        validate=[
+            ma.validate.Length(
+                min=1,
+                max=STUDY_MAX_LENGTH,
+                error=f"Give a study of 1 to {STUDY_MAX_LENGTH} characters.",
+            ),
+            _single_line,
+        ],
         metadata={"description": "Only this study's documents."},
     )
+
+    @ma.pre_load
+    def _trim(self, data, **kwargs):
+        if not isinstance(data, Mapping):
+            return data
+        return {
+            key: value.strip() if isinstance(value, str) else value for key, value in data.items()
+        }

@@ -18,15 +18,19 @@ stream given to ``put`` passes through as it is.
 Every store streams: ``put`` reads its input in chunks, computing the size and the MD5 on
 the way, and never leaves a partial object under the final key (a temporary file renamed
 into place; an S3 multipart upload completed only at the end, aborted on any failure).
+A process killed during ``put`` cannot clean up, so what it leaves is named by the key
+(``<key>.part`` in the folder; the multipart upload of the key in S3), and
+``discard_incomplete(key)`` removes it: the sweep does for every upload that never
+finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,8 @@ S3_MIN_PART_SIZE = 5 * 1024 * 1024
 # separators, no empty or dot-only segments.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 EXTENSION_KEY = "reporting_store"
+# The local store's temporary file for a key is ``<key>.part`` (so no key may end so).
+PARTIAL_SUFFIX = ".part"
 
 
 class StoreError(Exception):
@@ -95,9 +101,13 @@ class Store(Protocol):
     def delete(self, location: str) -> None:
         """Remove the object; a missing object is not an error. Raises on other failures."""
 
+    def discard_incomplete(self, location: str) -> None:
+        """Remove what a ``put`` of ``location`` left when its process died half way (a
+        temporary file, an unfinished multipart upload); nothing there is not an error."""
+
 
 def check_key(key: str) -> str:
-    if not KEY_PATTERN.match(key) or len(key) > 512:
+    if not KEY_PATTERN.match(key) or len(key) > 512 or key.endswith(PARTIAL_SUFFIX):
         raise ValueError(f"not a valid store key: {key!r}")
     return key
 
@@ -127,18 +137,40 @@ class LocalStore:
     def path(self, location: str) -> Path:
         return self.root / check_key(location)
 
+    def partial_path(self, location: str) -> Path:
+        """Where ``put`` writes before renaming into place: ``<key>.part``, named by the key
+        so that a file left by a killed process is found (and removed) from the key."""
+        target = self.path(location)
+        return target.with_name(target.name + PARTIAL_SUFFIX)
+
     def put(
         self, key: str, stream: BinaryIO, content_type: str, max_bytes: int | None = None
     ) -> Stored:
-        target = self.path(key)
+        target, temporary = self.path(key), self.partial_path(key)
         # A temporary name in the same folder, renamed at the end: readers never see a half
-        # file under the final name, and the rename is atomic on one file system.
+        # file under the final name, and the rename is atomic on one file system. The lock
+        # keeps two puts of one key from writing the same temporary file; a file left by a
+        # dead process holds no lock (the kernel drops it) and is simply rewritten.
         with _local_failures("store", key):
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreError(f"another upload of {key!r} is in progress") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                os.ftruncate(fd, 0)
+            except BaseException:
+                os.close(fd)
+                raise
         digest, size = hashlib.md5(usedforsecurity=False), 0
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        # Renamed (or removed) while the lock is held, i.e. before the file is closed.
+        with os.fdopen(fd, "wb") as handle:
+            try:
                 # Only the store's own failures become StoreError; the stream's pass as
                 # they are (a client that went away is not the store's fault).
                 while chunk := stream.read(CHUNK_SIZE):
@@ -151,11 +183,10 @@ class LocalStore:
                 with _local_failures("store", key):
                     handle.flush()
                     os.fsync(handle.fileno())
-            with _local_failures("store", key):
-                os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+                    os.replace(temporary, target)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
         return Stored(location=key, size=size, md5=digest.hexdigest())
 
     def open(self, location: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
@@ -191,6 +222,11 @@ class LocalStore:
     def delete(self, location: str) -> None:
         with _local_failures("delete", location):
             self.path(location).unlink(missing_ok=True)
+            self.partial_path(location).unlink(missing_ok=True)
+
+    def discard_incomplete(self, location: str) -> None:
+        with _local_failures("delete", location):
+            self.partial_path(location).unlink(missing_ok=True)
 
 
 class S3Store:
@@ -313,6 +349,27 @@ class S3Store:
         # S3 answers 204 for a key that does not exist, so "missing" needs no special case.
         with _s3_failures("delete", location):
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(location))
+
+    def discard_incomplete(self, location: str) -> None:
+        """Abort every unfinished multipart upload of the key (a ``put`` whose process was
+        killed; its parts are billed until aborted). Needs ``s3:ListBucketMultipartUploads``
+        and ``s3:AbortMultipartUpload``; a lifecycle rule (``AbortIncompleteMultipartUpload``)
+        is the backstop."""
+        object_key = self.object_key(location)
+        with _s3_failures("delete", location):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=object_key
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] != object_key:  # the prefix also matches longer keys
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
+                        )
+                    except self.client.exceptions.NoSuchUpload:
+                        pass  # finished or aborted meanwhile
 
 
 @contextlib.contextmanager

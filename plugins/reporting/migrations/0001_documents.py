@@ -9,12 +9,16 @@ REFUSAL = "the document change log is append-only"
 
 
 def up(migrator, db):
+    def never_reused():
+        # SQLite reuses the highest rowid once its row is deleted unless the key is
+        # AUTOINCREMENT; PostgreSQL's sequence never gives a number twice.
+        if isinstance(db, peewee.SqliteDatabase):
+            return AutoIncrementField()
+        return peewee.BigAutoField()
+
     class Document(peewee.Model):
-        # A deleted document's id never comes back (the change log names it): SQLite reuses
-        # the highest rowid unless the key is AUTOINCREMENT; PostgreSQL's sequence never does.
-        id = (
-            AutoIncrementField() if isinstance(db, peewee.SqliteDatabase) else peewee.BigAutoField()
-        )
+        # A deleted document's id never comes back (the change log names it).
+        id = never_reused()
         filename = peewee.CharField(max_length=255)
         file_location = peewee.CharField(max_length=512, unique=True)
         size = peewee.BigIntegerField()
@@ -53,7 +57,9 @@ def up(migrator, db):
             )
 
     class DocumentFileRemoval(peewee.Model):
-        id = peewee.BigAutoField()
+        # Nor a done removal's: a job still retrying "removal 7" must not carry out a newer
+        # removal 7 (an upload in progress would lose its file).
+        id = never_reused()
         file_location = peewee.CharField(max_length=512)
         reason = peewee.CharField(max_length=16)
         document_id = peewee.BigIntegerField(null=True)
