@@ -65,7 +65,10 @@ def subscribe_many(count, weekday="monday", zone="Europe/Berlin", due=True):
 
 
 def test_the_core_collects_schedules_and_survives_a_failing_task(app, caplog):
-    assert [s.name for s in collect(app)] == ["reporting.due_reports"]
+    assert [s.name for s in collect(app)] == [
+        "reporting.sweep_document_files",
+        "reporting.due_reports",
+    ]
     calls = []
 
     def broken():
@@ -190,7 +193,7 @@ def test_the_scheduler_command_runs_until_sigterm(caredeck_config, tmp_path):
         [caredeck, "scheduler", "--once"], env=env, capture_output=True, text=True, timeout=60
     )
     assert once.returncode == 0, once.stderr
-    assert "Ran 1 task(s): reporting.due_reports." in once.stdout
+    assert "Ran 2 task(s): reporting.sweep_document_files, reporting.due_reports." in once.stdout
     process = subprocess.Popen(
         [caredeck, "scheduler", "--interval", "0.2"],
         env=env,
@@ -199,7 +202,7 @@ def test_the_scheduler_command_runs_until_sigterm(caredeck_config, tmp_path):
         text=True,
     )
     try:
-        assert "Scheduler running reporting.due_reports" in process.stdout.readline()
+        assert "reporting.due_reports" in process.stdout.readline()
         time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
