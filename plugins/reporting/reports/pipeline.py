@@ -37,7 +37,7 @@ import peewee
 from flask import current_app
 
 from core.auth.models import User
-from core.db import database, utcnow
+from core.db import database, is_sqlite, utcnow
 from core.mail import MailError, mailer_for
 from jobs import actor
 from plugins.reporting.reports import emails, timing
@@ -65,6 +65,23 @@ UNKNOWN_OUTCOME = (
 
 class TemporaryFailure(Exception):
     """Raised by a job so that Dramatiq retries it with back-off."""
+
+
+class ClaimLost(Exception):
+    """A batch's row is no longer held by it (the scheduler gave it back after the claim
+    expired, and another batch may hold it now): the batch must not send it, and stops."""
+
+
+def db_now(offset: datetime.timedelta = datetime.timedelta(0)) -> peewee.Node:
+    """The database's clock (UTC, naive like ``UTCDateTimeField``), plus ``offset``: claims
+    are stamped and expired on this one clock, so a worker whose clock is behind or ahead of
+    the scheduler's cannot have a live claim expired, or a dead one kept."""
+    seconds = offset.total_seconds()
+    if is_sqlite():
+        return peewee.fn.strftime("%Y-%m-%d %H:%M:%f", "now", f"{seconds:+f} seconds")
+    return peewee.SQL(
+        "((CURRENT_TIMESTAMP AT TIME ZONE 'UTC') + make_interval(secs => %s))", (seconds,)
+    )
 
 
 # Seams to the other parts of the plugin (the renderer, the file store) --------------------
@@ -195,8 +212,11 @@ def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
 
 def recover_stalled(now: datetime.datetime | None = None) -> None:
     """Give back rows that dead batches claimed, record the unknowns, restart stalled runs."""
+    # A claim's time is the database's (stamped at the claim and refreshed at every row the
+    # batch sends); ``now`` is for tests that move time forward.
+    cutoff = db_now(-SEND_LEASE) if now is None else now - SEND_LEASE
     now = now or utcnow()
-    expired = Delivery.claimed_at < now - SEND_LEASE
+    expired = Delivery.claimed_at < cutoff
     Delivery.update(state="pending", claim=None).where(
         (Delivery.state == "claimed") & expired
     ).execute()
@@ -372,7 +392,7 @@ def send_batch(run_id: int, delivery_ids: list[int]) -> None:
     claim = uuid.uuid4().hex
     now = utcnow()
     Delivery.update(
-        state="claimed", claim=claim, claimed_at=now, attempts=Delivery.attempts + 1
+        state="claimed", claim=claim, claimed_at=db_now(), attempts=Delivery.attempts + 1
     ).where(Delivery.id.in_(delivery_ids) & (Delivery.state == "pending")).execute()
     rows = list(
         Delivery.select(Delivery, Subscription, User)
@@ -387,36 +407,70 @@ def send_batch(run_id: int, delivery_ids: list[int]) -> None:
         ).execute()
         try:
             _send_rows(run, rows, claim)
+        except ClaimLost as error:
+            # Not retried: the rows left are someone else's now (or back to pending).
+            log.warning("report run %s: batch %s stopped: %s", run_id, claim, error)
         finally:
             finish_if_done(run_id)
 
 
-def _mark(row: Delivery, token: str, **values) -> None:
-    """Update a row only while this batch still holds it."""
-    Delivery.update(**values).where((Delivery.id == row.id) & (Delivery.claim == token)).execute()
+def _mark(row: Delivery, token: str, **values) -> int:
+    """Update a row only while this batch still holds it; returns the rows updated (0: the
+    claim is gone)."""
+    return (
+        Delivery.update(**values)
+        .where((Delivery.id == row.id) & (Delivery.claim == token))
+        .execute()
+    )
+
+
+def _fence(row: Delivery, token: str, **values) -> None:
+    """Mark ``row`` "sending", only if this batch still holds it *claimed*, and refresh the
+    batch's claim (on the database's clock) so that a live batch never expires. Raises
+    :class:`ClaimLost` otherwise: the row must not be sent."""
+    held = (
+        Delivery.update(state="sending", claimed_at=db_now(), **values)
+        .where((Delivery.id == row.id) & (Delivery.claim == token) & (Delivery.state == "claimed"))
+        .execute()
+    )
+    if not held:
+        raise ClaimLost(f"delivery {row.id} is no longer held by this batch")
+    Delivery.update(claimed_at=db_now()).where(
+        (Delivery.claim == token) & (Delivery.state == "claimed")
+    ).execute()
 
 
 def _send_rows(run: ReportRun, rows: list[Delivery], claim: str) -> None:
     config = current_app.config
-    totals = json.loads(run.totals or "{}")
-    pdf_part = None
-    if (run.pdf_size or 0) <= config["REPORTING_ATTACHMENT_MAX_BYTES"]:
-        pdf_part = emails.attachment(read_pdf(run.pdf_location), run.week, run.study)
     sender = config["REPORTING_MAIL_FROM"]
     remaining = list(rows)
     # The row the server accepted last: its "sent" is written in the same transaction as
     # the next row's "sending" (one commit per email instead of two).
     accepted: list[Delivery] = []
 
-    def step(row: Delivery | None = None, **values) -> None:
-        with database.atomic():
-            for done in accepted:
-                _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
-            if row is not None:
-                _mark(row, claim, **values)
+    def step(row: Delivery | None = None, sending: bool = False, **values) -> None:
+        try:
+            with database.atomic():
+                for done in accepted:
+                    _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
+                if row is not None and sending:
+                    _fence(row, claim, **values)
+                elif row is not None:
+                    _mark(row, claim, **values)
+        except ClaimLost:
+            # The rows the server took are still recorded "sent" (outside the fence).
+            with database.atomic():
+                for done in accepted:
+                    _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
+            accepted.clear()
+            raise
         accepted.clear()
 
     try:
+        totals = json.loads(run.totals or "{}")
+        pdf_part = None
+        if (run.pdf_size or 0) <= config["REPORTING_ATTACHMENT_MAX_BYTES"]:
+            pdf_part = emails.attachment(read_pdf(run.pdf_location), run.week, run.study)
         with mailer_for(current_app).connect() as connection:
             while remaining:
                 row = remaining[0]
@@ -439,26 +493,38 @@ def _send_rows(run: ReportRun, rows: list[Delivery], claim: str) -> None:
                 # The window: from this commit until the next one records "sent", a crash
                 # leaves the outcome unknown (recover_stalled records it as failed and never
                 # sends it again).
-                step(row, state="sending", recipient=user.email)
+                step(row, sending=True, recipient=user.email)
                 try:
                     connection.send_bytes(email_address(sender), [user.email], data)
                 except MailError as error:
                     if not error.permanent:
                         raise
+                    # Refused for good, or sent with its answer lost (``outcome_unknown``):
+                    # recorded failed, never sent again (at most once).
                     _mark(row, claim, state="failed", error=str(error))
-                else:
-                    accepted.append(row)
+                    remaining.pop(0)
+                    if error.outcome_unknown:
+                        # The connection is closed: the rest go back for the retry.
+                        raise
+                    continue
+                accepted.append(row)
                 remaining.pop(0)
             step()
+    except ClaimLost:
+        # Rows this batch still holds (normally none: they expire together) go back.
+        _release(remaining, claim, "the batch lost its claim")
+        raise
     except MailError as error:
         step()
+        # Rows whose message was not (fully) handed to the server: back to pending.
         _release(remaining, claim, str(error))
         raise TemporaryFailure(f"report run {run.id}: {error}") from error
-    except BaseException:
+    except BaseException as error:
         # Anything else (a bug, the time limit): record what the server took, give the
         # untried rows back; a row in the middle of an SMTP transaction stays "sending".
         step()
-        _release([row for row in remaining if _state(row) == "claimed"], claim, "interrupted")
+        reason = f"{type(error).__name__}: {error}"
+        _release([row for row in remaining if _state(row) == "claimed"], claim, reason)
         raise
 
 
