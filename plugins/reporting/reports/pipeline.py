@@ -108,7 +108,9 @@ def read_pdf(location: str) -> bytes:
 
 def ensure_run(study: str | None, week: str) -> ReportRun:
     """The run of this scope and week, created if there is none (two callers at once get
-    the same row: the unique index decides, the loser reads the winner's row)."""
+    the same row: the unique index decides, the loser reads the winner's row). ``week`` is
+    stored normalised (one spelling per week, or the unique index would not hold)."""
+    week = timing.normalise_week(week)
     scope = scope_of(study)
     where = (ReportRun.scope == scope) & (ReportRun.week == week) & (ReportRun.dry_run == False)  # noqa: E712
     run = ReportRun.get_or_none(where)
@@ -122,6 +124,7 @@ def ensure_run(study: str | None, week: str) -> ReportRun:
 
 
 def create_dry_run(study: str | None, week: str) -> ReportRun:
+    week = timing.normalise_week(week)
     return ReportRun.create(scope=scope_of(study), study=study, week=week, dry_run=True)
 
 
