@@ -165,9 +165,21 @@ def add_all_recipients(run: ReportRun) -> int:
 def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
     """Enqueue what the run needs next, unless someone already did: the job is sent only by
     the caller whose conditional UPDATE wins, so two schedulers enqueue it once. Also
-    takes over a stalled run (its working lease has passed). True if a job was sent."""
+    takes over a stalled run (its working lease has passed), and gives a run whose
+    rendering failed for good another chance (queued, its attempts reset): kick is called
+    when an admin runs the week again or new ledger rows arrive for it. True if a job was
+    sent."""
     now = now or utcnow()
     run = ReportRun.get_by_id(run_id)
+    if run.state == "failed" and run.pdf_location is None and not run.dry_run:
+        ReportRun.update(
+            state="queued", render_attempts=0, lease_until=None, enqueued_at=None, finished_at=None
+        ).where(
+            (ReportRun.id == run.id)
+            & (ReportRun.state == "failed")
+            & ReportRun.pdf_location.is_null()
+        ).execute()
+        run = ReportRun.get_by_id(run_id)
     if run.state == "rendering" and run.lease_until and run.lease_until < now:
         ReportRun.update(state="queued", lease_until=None, enqueued_at=None).where(
             (ReportRun.id == run.id)
