@@ -231,3 +231,29 @@ def test_serve_with_the_embedded_queue_runs_the_scheduler_in_process(caredeck_co
     assert result.exit_code == 0, result.output
     assert "caredeck-scheduler" in seen["threads"]
     assert "caredeck-scheduler" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_a_week_is_rendered_only_once_it_has_ended_in_the_hospitals_zone(app, fake):
+    # Monday 00:00 in Kiritimati (UTC+14) is Sunday 10:00 UTC: the subscriber's week 47 is
+    # over, the hospital's (TIMEZONE, UTC here) has 14 hours to go.
+    subs = subscribe_many(1, zone="Pacific/Kiritimati", due=False)
+    sunday = datetime.datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    renderer, _ = fake
+    with app.app_context(), database.connection_context():
+        assert app.config["TIMEZONE"] == "UTC"
+        Subscription.update(next_due_at=sunday, time="00:00").where(
+            Subscription.id == subs[0].id
+        ).execute()
+        assert pipeline.enqueue_due(sunday + datetime.timedelta(minutes=1)) == 1
+        (run,) = ReportRun.select()
+        assert (run.week, run.state, run.enqueued_at) == ("2026-W47", "queued", None)
+        pipeline.enqueue_due(sunday + datetime.timedelta(hours=13, minutes=59))  # a later tick
+    run_jobs(app)
+    assert renderer.calls == []
+    with app.app_context(), database.connection_context():
+        end = datetime.datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+        pipeline.enqueue_due(end + pipeline.WEEK_END_GRACE)  # the tick after the week ended
+    run_jobs(app)
+    assert renderer.calls == [(None, "2026-W47")]
+    with database.connection_context():
+        assert [d.state for d in Delivery.select()] == ["sent"]

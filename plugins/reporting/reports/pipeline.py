@@ -56,6 +56,10 @@ MAX_RENDER_ATTEMPTS = 3
 SEND_TIME_LIMIT = datetime.timedelta(minutes=5)
 SEND_LEASE = datetime.timedelta(minutes=10)
 MAX_DELIVERY_ATTEMPTS = 5
+# The scheduler renders a week only once it has ended in the hospital's zone (``TIMEZONE``,
+# the zone the report's bounds are taken in), plus this: a subscriber east of the hospital
+# reaches Monday first, and the report waits for the week to end where it is counted.
+WEEK_END_GRACE = datetime.timedelta(minutes=10)
 OPEN_STATES = ("pending", "claimed", "sending")
 UNKNOWN_OUTCOME = (
     "outcome unknown: the worker stopped while handing this email to the mail server; "
@@ -162,13 +166,21 @@ def add_all_recipients(run: ReportRun) -> int:
     return add_recipients(run, ids)
 
 
-def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
+def week_complete(week: str, now: datetime.datetime) -> bool:
+    """Whether ``week`` has ended in the hospital's zone (plus the grace) by ``now``."""
+    end = timing.week_bounds(week, current_app.config["TIMEZONE"])[1]
+    return now >= end + WEEK_END_GRACE
+
+
+def kick(run_id: int, now: datetime.datetime | None = None, *, scheduled: bool = False) -> bool:
     """Enqueue what the run needs next, unless someone already did: the job is sent only by
     the caller whose conditional UPDATE wins, so two schedulers enqueue it once. Also
     takes over a stalled run (its working lease has passed), and gives a run whose
     rendering failed for good another chance (queued, its attempts reset): kick is called
-    when an admin runs the week again or new ledger rows arrive for it. True if a job was
-    sent."""
+    when an admin runs the week again or new ledger rows arrive for it. ``scheduled`` (the
+    scheduler's calls): a run not yet rendered whose week has not ended in the hospital's
+    zone stays queued; the scheduler kicks it again at each tick (an admin's run of a week
+    is rendered when asked). True if a job was sent."""
     now = now or utcnow()
     run = ReportRun.get_by_id(run_id)
     if run.state == "failed" and run.pdf_location is None and not run.dry_run:
@@ -188,6 +200,10 @@ def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
         ).execute()
         run = ReportRun.get_by_id(run_id)
     if run.state == "queued":
+        # Only before its rendering ever started: one taken over (or retried) goes on.
+        held = scheduled and not run.dry_run and run.render_attempts == 0
+        if held and not week_complete(run.week, now):
+            return False
         won = (
             ReportRun.update(enqueued_at=now)
             .where(
@@ -243,7 +259,7 @@ def recover_stalled(now: datetime.datetime | None = None) -> None:
         & (ReportRun.lease_until.is_null() | (ReportRun.lease_until < now))
     )
     for run in stalled:
-        kick(run.id, now)
+        kick(run.id, now, scheduled=True)
 
 
 # Rendering -------------------------------------------------------------------------------
@@ -605,7 +621,7 @@ def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
         if len(batch) < limit:
             break
     for run_id in touched:
-        kick(run_id, now)
+        kick(run_id, now, scheduled=True)
         run = ReportRun.get_by_id(run_id)
         if run.state == "sending":  # already rendered and sending: add these rows to it
             dispatch(run_id)
