@@ -257,3 +257,20 @@ def test_a_week_is_rendered_only_once_it_has_ended_in_the_hospitals_zone(app, fa
     assert renderer.calls == [(None, "2026-W47")]
     with database.connection_context():
         assert [d.state for d in Delivery.select()] == ["sent"]
+
+
+def test_a_poisoned_subscription_does_not_stop_the_others(app, fake, caplog):
+    subs = subscribe_many(2)
+    with database.connection_context():
+        # First in line, with a zone that zoneinfo does not know (a row from before the
+        # check, or a zone since removed).
+        Subscription.update(
+            timezone="Mars/Olympus", next_due_at=NOW - datetime.timedelta(days=1)
+        ).where(Subscription.id == subs[0].id).execute()
+    with app.app_context(), database.connection_context():
+        with caplog.at_level(logging.ERROR, logger="caredeck.reporting"):
+            assert pipeline.enqueue_due(NOW) == 1
+        assert f"report subscription {subs[0].id} could not be scheduled" in caplog.text
+        assert [d.subscription_id for d in Delivery.select()] == [subs[1].id]
+        assert Subscription.get_by_id(subs[0].id).next_due_at > NOW  # not first next tick
+        assert pipeline.enqueue_due(NOW) == 0

@@ -581,6 +581,28 @@ def _release(rows: list[Delivery], claim: str, reason: str) -> None:
 
 # The scheduler's task --------------------------------------------------------------------
 
+POISONED_RETRY = datetime.timedelta(hours=1)
+
+
+def _enqueue_one(sub: Subscription, now: datetime.datetime, touched: dict[int, list[int]]) -> bool:
+    """Advance one due subscription and add its ledger row; False if another scheduler won."""
+    latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
+    following = timing.next_due(sub.weekday, sub.time, sub.timezone, now)
+    with database.atomic():
+        won = (
+            Subscription.update(next_due_at=following)
+            .where((Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at))
+            .execute()
+        )
+        if not won:
+            return False
+        if sub.user.status != "active":
+            return True
+        run = ensure_run(sub.study, timing.reported_week(latest, sub.timezone))
+        if add_recipients(run, [sub.id]):
+            touched.setdefault(run.id, []).append(sub.id)
+    return True
+
 
 def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
     """Ledger rows for every subscription due by ``now``, then the runs that need a job.
@@ -591,6 +613,7 @@ def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
     """
     now = now or utcnow()
     touched: dict[int, list[int]] = {}
+    poisoned: set[int] = set()
     due = 0
     while True:
         batch = list(
@@ -600,30 +623,29 @@ def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
             .limit(limit)
         )
         for sub in batch:
-            latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
-            following = timing.next_due(sub.weekday, sub.time, sub.timezone, now)
-            with database.atomic():
-                won = (
-                    Subscription.update(next_due_at=following)
-                    .where(
-                        (Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at)
-                    )
-                    .execute()
-                )
-                if not won:
-                    continue
-                due += 1
-                if sub.user.status != "active":
-                    continue
-                run = ensure_run(sub.study, timing.reported_week(latest, sub.timezone))
-                if add_recipients(run, [sub.id]):
-                    touched.setdefault(run.id, []).append(sub.id)
+            try:
+                if _enqueue_one(sub, now, touched):
+                    due += 1
+            except Exception:
+                # One bad subscription (a zone the database holds but zoneinfo no longer
+                # knows, ...) must not stop the others: logged, and put back by an hour so
+                # it is not first in line again at the next tick.
+                log.exception("report subscription %s could not be scheduled", sub.id)
+                poisoned.add(sub.id)
+                Subscription.update(next_due_at=now + POISONED_RETRY).where(
+                    (Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at)
+                ).execute()
+        if all(sub.id in poisoned for sub in batch):
+            break
         if len(batch) < limit:
             break
     for run_id in touched:
-        kick(run_id, now, scheduled=True)
-        run = ReportRun.get_by_id(run_id)
-        if run.state == "sending":  # already rendered and sending: add these rows to it
-            dispatch(run_id)
+        try:
+            if not kick(run_id, now, scheduled=True):
+                run = ReportRun.get_by_id(run_id)
+                if run.state == "sending":  # already rendered and sending: add these rows
+                    dispatch(run_id)
+        except Exception:
+            log.exception("report run %s could not be started", run_id)
     recover_stalled(now)
     return due
