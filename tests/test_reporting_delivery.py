@@ -2,6 +2,8 @@
 unsubscribe, and failures retried or recorded."""
 
 import datetime
+import email
+import email.policy
 import re
 import time
 
@@ -359,3 +361,27 @@ def test_an_error_before_sending_is_recorded_with_its_type(
         assert {d.state for d in rows} == {"pending"}
         assert all(d.error.startswith("FileNotFoundError: no such file") for d in rows)
     assert smtp_sink.envelopes == []
+
+
+def test_the_email_labels_every_total_the_report_has(app):
+    from plugins.reporting.reports import emails
+
+    totals = {"new": 3, "moved_out": 2, "deleted_meanwhile": 1}
+    with app.test_request_context():
+        data = emails.compose(
+            recipient="a@example.org",
+            name="A",
+            subscription_id=1,
+            run_id=1,
+            week=WEEK,
+            study="ONCO-7",
+            totals=totals,
+            pdf_part=None,
+            sender=app.config["REPORTING_MAIL_FROM"],
+        )
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    for body in (text, html):
+        assert "Documents moved to another study" in body and "2" in body
+        assert "New documents deleted while the report was made" in body

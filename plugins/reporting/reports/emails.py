@@ -25,6 +25,8 @@ TOTAL_LABELS = (
     ("new", "New documents"),
     ("updated", "Updated documents"),
     ("deleted", "Deleted documents"),
+    ("moved_out", "Documents moved to another study"),
+    ("deleted_meanwhile", "New documents deleted while the report was made"),
     ("images", "Images"),
     ("missing", "Missing files"),
     ("corrupt", "Corrupt files (MD5 mismatch)"),
