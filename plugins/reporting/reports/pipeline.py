@@ -154,9 +154,8 @@ def add_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> int:
     added = 0
     for start in range(0, len(rows), 500):
         chunk = rows[start : start + 500]
-        before = Delivery.select().where(Delivery.run == run.id).count()
-        Delivery.insert_many(chunk).on_conflict_ignore().execute()
-        added += Delivery.select().where(Delivery.run == run.id).count() - before
+        # INSERT ... ON CONFLICT DO NOTHING: its row count is the rows added.
+        added += Delivery.insert_many(chunk).on_conflict_ignore().as_rowcount().execute()
     return added
 
 
@@ -348,15 +347,14 @@ def _fail(run: ReportRun, message: str) -> None:
     ).execute()
 
 
-def dispatch(run_id: int) -> int:
-    """Enqueue a batch job per ``REPORTING_BATCH_SIZE`` pending rows; returns the batches."""
+def dispatch(run_id: int, subscription_ids: Iterable[int] | None = None) -> int:
+    """Enqueue a batch job per ``REPORTING_BATCH_SIZE`` pending rows (only those of
+    ``subscription_ids``, when given: rows just added); returns the batches."""
     size = current_app.config["REPORTING_BATCH_SIZE"]
-    ids = [
-        row.id
-        for row in Delivery.select(Delivery.id)
-        .where((Delivery.run == run_id) & (Delivery.state == "pending"))
-        .order_by(Delivery.id)
-    ]
+    where = (Delivery.run == run_id) & (Delivery.state == "pending")
+    if subscription_ids is not None:
+        where &= Delivery.subscription.in_(list(subscription_ids))
+    ids = [row.id for row in Delivery.select(Delivery.id).where(where).order_by(Delivery.id)]
     ReportRun.update(
         recipients=Delivery.select(peewee.fn.COUNT(Delivery.id)).where(Delivery.run == run_id)
     ).where(ReportRun.id == run_id).execute()
@@ -584,6 +582,79 @@ def _release(rows: list[Delivery], claim: str, reason: str) -> None:
 POISONED_RETRY = datetime.timedelta(hours=1)
 
 
+def _poisoned(sub: Subscription, now: datetime.datetime, poisoned: set[int]) -> None:
+    # One bad subscription (a zone the database holds but zoneinfo no longer knows, ...)
+    # must not stop the others: logged, and put back by an hour so that it is not first in
+    # line again at the next tick.
+    log.exception("report subscription %s could not be scheduled", sub.id)
+    poisoned.add(sub.id)
+    Subscription.update(next_due_at=now + POISONED_RETRY).where(
+        (Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at)
+    ).execute()
+
+
+def _advance(planned: list[tuple[Subscription, datetime.datetime, str]]) -> set[int]:
+    """One conditional UPDATE for many subscriptions: each moves to its next occurrence if
+    it is still due as read (another scheduler did not win it). Returns the ids won."""
+    if not planned:
+        return set()
+    field = Subscription.next_due_at
+    if is_sqlite():
+        rows = ", ".join("(?, ?, ?)" for _ in planned)
+        sql = (
+            f"WITH v(id, old, new) AS (VALUES {rows}) "  # noqa: S608 (placeholders only)
+            "UPDATE reporting_subscriptions SET next_due_at = v.new FROM v "
+            "WHERE reporting_subscriptions.id = v.id "
+            "AND reporting_subscriptions.next_due_at = v.old RETURNING reporting_subscriptions.id"
+        )
+    else:
+        rows = ", ".join("(%s::bigint, %s::timestamp, %s::timestamp)" for _ in planned)
+        sql = (
+            "UPDATE reporting_subscriptions AS s SET next_due_at = v.new "  # noqa: S608 (placeholders only)
+            f"FROM (VALUES {rows}) AS v(id, old, new) "
+            "WHERE s.id = v.id AND s.next_due_at = v.old RETURNING s.id"
+        )
+    params = []
+    for sub, following, _week in planned:
+        params += [sub.id, field.db_value(sub.next_due_at), field.db_value(following)]
+    return {row[0] for row in database.execute_sql(sql, params).fetchall()}
+
+
+def _enqueue_many(
+    planned: list[tuple[Subscription, datetime.datetime, str]],
+    touched: dict[int, list[int]],
+) -> int:
+    """Advance the planned subscriptions in bulk and add the ledger rows of those won, in
+    one transaction; returns how many were won (due)."""
+    added_to: dict[int, list[int]] = {}
+    with database.atomic():
+        won = _advance(planned)
+        groups: dict[tuple[str | None, str], list[int]] = {}
+        for sub, _following, week in planned:
+            if sub.id in won and sub.user.status == "active":
+                groups.setdefault((sub.study, week), []).append(sub.id)
+        for (study, week), ids in groups.items():
+            run = ensure_run(study, week)
+            # ON CONFLICT DO NOTHING: a row another scheduler added stays as it is.
+            rows = [
+                {"subscription": sid, "week": run.week, "run": run.id, "state": "pending"}
+                for sid in ids
+            ]
+            for start in range(0, len(rows), 500):
+                added = (
+                    Delivery.insert_many(rows[start : start + 500])
+                    .on_conflict_ignore()
+                    .returning(Delivery.subscription)
+                    .tuples()
+                    .execute()
+                )
+                added_to.setdefault(run.id, []).extend(row[0] for row in added)
+    for run_id, ids in added_to.items():
+        if ids:
+            touched.setdefault(run_id, []).extend(ids)
+    return len(won)
+
+
 def _enqueue_one(sub: Subscription, now: datetime.datetime, touched: dict[int, list[int]]) -> bool:
     """Advance one due subscription and add its ledger row; False if another scheduler won."""
     latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
@@ -617,34 +688,44 @@ def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
     due = 0
     while True:
         batch = list(
-            Subscription.select()
+            Subscription.select(Subscription, User)
+            .join(User)
             .where(Subscription.cancelled_at.is_null() & (Subscription.next_due_at <= now))
             .order_by(Subscription.next_due_at)
             .limit(limit)
         )
+        planned = []
         for sub in batch:
             try:
-                if _enqueue_one(sub, now, touched):
-                    due += 1
+                latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
+                following = timing.next_due(sub.weekday, sub.time, sub.timezone, now)
+                week = timing.reported_week(latest, sub.timezone)
             except Exception:
-                # One bad subscription (a zone the database holds but zoneinfo no longer
-                # knows, ...) must not stop the others: logged, and put back by an hour so
-                # it is not first in line again at the next tick.
-                log.exception("report subscription %s could not be scheduled", sub.id)
-                poisoned.add(sub.id)
-                Subscription.update(next_due_at=now + POISONED_RETRY).where(
-                    (Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at)
-                ).execute()
+                _poisoned(sub, now, poisoned)
+                continue
+            planned.append((sub, following, week))
+        try:
+            due += _enqueue_many(planned, touched)
+        except Exception:
+            log.exception("scheduling %s subscriptions at once failed; one by one", len(planned))
+            for sub, _following, _week in planned:
+                try:
+                    if _enqueue_one(sub, now, touched):
+                        due += 1
+                except Exception:
+                    _poisoned(sub, now, poisoned)
         if all(sub.id in poisoned for sub in batch):
             break
         if len(batch) < limit:
             break
-    for run_id in touched:
+    for run_id, subscription_ids in touched.items():
         try:
+            # Only the caller whose conditional UPDATE wins kick's dispatches; a run already
+            # sending gets batches for the rows added here, not for every pending one.
             if not kick(run_id, now, scheduled=True):
                 run = ReportRun.get_by_id(run_id)
-                if run.state == "sending":  # already rendered and sending: add these rows
-                    dispatch(run_id)
+                if run.state == "sending":
+                    dispatch(run_id, subscription_ids)
         except Exception:
             log.exception("report run %s could not be started", run_id)
     recover_stalled(now)
