@@ -385,3 +385,23 @@ def test_the_email_labels_every_total_the_report_has(app):
     for body in (text, html):
         assert "Documents moved to another study" in body and "2" in body
         assert "New documents deleted while the report was made" in body
+
+
+def test_a_stored_study_with_a_newline_cannot_inject_a_header(app):
+    from plugins.reporting.reports import emails
+
+    with app.test_request_context():
+        data = emails.compose(
+            recipient="a@example.org",
+            name="A",
+            subscription_id=1,
+            run_id=1,
+            week=WEEK,
+            study="x\r\nBcc: evil@attacker.example\r\nX-Injected: yes",
+            totals={},
+            pdf_part=None,
+            sender=app.config["REPORTING_MAIL_FROM"],
+        )
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert message["X-Injected"] is None and message["Bcc"] is None
+    assert "Bcc: evil@attacker.example" in message["Subject"]  # as text, on one line
