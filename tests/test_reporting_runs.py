@@ -147,3 +147,34 @@ def test_the_pdf_download_names_any_study_safely(app, client_for, users, fake):
         in (answer.headers["Content-Disposition"])
     )
     answer.close()
+
+
+def test_running_a_week_that_is_sending_enqueues_batches_for_new_recipients_only(
+    app, client_for, subscribed, fake, monkeypatch
+):
+    import types
+
+    from core.auth.models import User
+    from plugins.reporting.reports import pipeline
+    from plugins.reporting.reports.models import Delivery, ReportRun
+
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "dispatch", lambda run_id, *args: 0)
+            pipeline.render_run(run.id)  # sending; the first rows' batches are on their way
+        late = User.get(User.email == "doctor@example.org")
+        sub = subscriptions.create(
+            late, {"weekday": "friday", "time": "08:00", "timezone": "UTC", "study": None}
+        )
+        before = {d.id for d in Delivery.select()}
+    sent = []
+    monkeypatch.setattr(
+        pipeline, "send_batch", types.SimpleNamespace(send=lambda *a: sent.append(a))
+    )
+    (again,) = client_for("admin").post("/api/report-runs", json={"week": WEEK}).json
+    with database.connection_context():
+        assert ReportRun.get_by_id(run.id).state == "sending"
+        new = Delivery.get(Delivery.subscription == sub.id)
+    assert new.id not in before and sent == [(run.id, [new.id])]

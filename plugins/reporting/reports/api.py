@@ -259,10 +259,11 @@ class ReportRuns(MethodView):
                 run = pipeline.create_dry_run(study, week)
             else:
                 run = pipeline.ensure_run(study, week)
-                added = pipeline.add_all_recipients(run)
+                added = pipeline.insert_all_recipients(run)
             if not pipeline.kick(run.id) and not dry and added:
                 if ReportRun.get_by_id(run.id).state == "sending":
-                    pipeline.dispatch(run.id)  # new recipients of a run sending right now
+                    # New recipients of a run sending right now: batches for them only.
+                    pipeline.dispatch(run.id, added)
             runs.append(ReportRun.get_by_id(run.id))
         return _dicts(runs)
 

@@ -144,25 +144,35 @@ def active_subscriptions(scope: str) -> peewee.ModelSelect:
     )
 
 
-def add_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> int:
+def insert_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> list[int]:
     """Ledger rows for these subscriptions and the run's week; existing ones stay as they
-    are (a subscription gets a week's report once, whoever asks). Returns rows added."""
+    are (a subscription gets a week's report once, whoever asks). Returns the subscriptions
+    whose row this call added (``INSERT ... ON CONFLICT DO NOTHING RETURNING``)."""
     rows = [
         {"subscription": sid, "week": run.week, "run": run.id, "state": "pending"}
         for sid in subscription_ids
     ]
-    added = 0
+    added: list[int] = []
     for start in range(0, len(rows), 500):
-        chunk = rows[start : start + 500]
-        # INSERT ... ON CONFLICT DO NOTHING: its row count is the rows added.
-        added += Delivery.insert_many(chunk).on_conflict_ignore().as_rowcount().execute()
+        query = Delivery.insert_many(rows[start : start + 500]).on_conflict_ignore()
+        added += [row[0] for row in query.returning(Delivery.subscription).tuples().execute()]
     return added
 
 
-def add_all_recipients(run: ReportRun) -> int:
-    """Every active subscriber of the run's scope (an admin's run for a week)."""
+def add_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> int:
+    """:func:`insert_recipients`; returns how many rows were added."""
+    return len(insert_recipients(run, subscription_ids))
+
+
+def insert_all_recipients(run: ReportRun) -> list[int]:
+    """Every active subscriber of the run's scope (an admin's run for a week); returns the
+    subscriptions added."""
     ids = [s.id for s in active_subscriptions(run.scope).select(Subscription.id)]
-    return add_recipients(run, ids)
+    return insert_recipients(run, ids)
+
+
+def add_all_recipients(run: ReportRun) -> int:
+    return len(insert_all_recipients(run))
 
 
 def week_complete(week: str, now: datetime.datetime) -> bool:
@@ -636,19 +646,7 @@ def _enqueue_many(
         for (study, week), ids in groups.items():
             run = ensure_run(study, week)
             # ON CONFLICT DO NOTHING: a row another scheduler added stays as it is.
-            rows = [
-                {"subscription": sid, "week": run.week, "run": run.id, "state": "pending"}
-                for sid in ids
-            ]
-            for start in range(0, len(rows), 500):
-                added = (
-                    Delivery.insert_many(rows[start : start + 500])
-                    .on_conflict_ignore()
-                    .returning(Delivery.subscription)
-                    .tuples()
-                    .execute()
-                )
-                added_to.setdefault(run.id, []).extend(row[0] for row in added)
+            added_to.setdefault(run.id, []).extend(insert_recipients(run, ids))
     for run_id, ids in added_to.items():
         if ids:
             touched.setdefault(run_id, []).extend(ids)
