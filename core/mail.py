@@ -17,7 +17,11 @@ send instead of leaving a job "working" forever. Send many messages over one con
             connection.send(message)
 
 A failure raises :class:`MailError`; ``permanent`` says whether trying again can help (the
-server refused the recipient or the message) or not.
+server refused the recipient or the message with a 5xx code) or not (a 4xx code, even for a
+recipient, or a lost connection). ``outcome_unknown``: the whole message had been sent when
+the connection failed, so the server may have accepted it; do not send it again. An address
+that is not ASCII is sent with SMTPUTF8 when the server offers it, refused (permanently,
+before anything is sent) otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import copy
 import email.policy
 import email.utils
 import os
+import re
 import smtplib
 import ssl
 import uuid
@@ -42,9 +47,14 @@ STARTTLS_MODES = ("auto", "require", "disable")
 class MailError(Exception):
     """A message was not accepted. ``permanent``: the server refused it for good (5xx)."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, outcome_unknown: bool = False
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        # The whole message had been handed to the server when the connection failed or its
+        # answer was lost: it may have been accepted; sending it again may duplicate it.
+        self.outcome_unknown = outcome_unknown
 
 
 class Mailer:
@@ -197,18 +207,83 @@ class _SMTPConnection(Connection):
         self.client = client
 
     def send_bytes(self, sender: str, recipients: list[str], data: bytes) -> None:
+        """One SMTP transaction. A failure before the message's final dot has been sent
+        raises a :class:`MailError` the server cannot have acted on; once the whole body has
+        been sent, a lost or late reply raises one with ``outcome_unknown`` (the server may
+        have accepted it: sending it again may duplicate it), and the connection is closed,
+        since a late reply would otherwise be read as the answer to the next command."""
+        client = self.client
+        body_sent = False
         try:
-            refused = self.client.sendmail(sender, recipients, data)
-        except smtplib.SMTPRecipientsRefused as error:
-            raise MailError(f"recipient refused: {error.recipients}", permanent=True) from error
-        except smtplib.SMTPResponseException as error:
-            # 5xx: the server will not take this message; 4xx: try again later.
-            text = error.smtp_error.decode(errors="replace")
-            raise MailError(
-                f"the mail server answered {error.smtp_code} {text}",
-                permanent=500 <= error.smtp_code < 600,
-            ) from error
+            client.ehlo_or_helo_if_needed()
+            options = []
+            if not all(address.isascii() for address in (sender, *recipients)):
+                if not client.has_extn("smtputf8"):
+                    # Nothing has been sent: smtplib would fail to encode the command.
+                    raise MailError(
+                        "an address is not ASCII and the mail server does not offer SMTPUTF8",
+                        permanent=True,
+                    )
+                options.append("SMTPUTF8")
+            if client.does_esmtp and client.has_extn("size"):
+                options.append(f"size={len(data)}")
+            code, reply = client.mail(sender, options)
+            if code != 250:
+                self._reset()
+                raise _answered("the mail server refused the sender", code, reply)
+            refused: dict[str, tuple[int, bytes]] = {}
+            for recipient in recipients:
+                code, reply = client.rcpt(recipient)
+                if code not in (250, 251):
+                    refused[recipient] = (code, reply)
+            if len(refused) == len(recipients):
+                self._reset()
+                # 5xx: refused for good; 4xx (greylisting, a full mailbox): try again later.
+                raise MailError(
+                    f"recipient refused: {_describe(refused)}",
+                    permanent=all(500 <= code < 600 for code, _ in refused.values()),
+                )
+            code, reply = client.docmd("data")
+            if code != 354:
+                self._reset()
+                raise _answered("the mail server refused DATA", code, reply)
+            body = re.sub(rb"(?m)^\.", b"..", data)
+            if not body.endswith(b"\r\n"):
+                body += b"\r\n"
+            client.send(body + b".\r\n")
+            body_sent = True
+            code, reply = client.getreply()
+            if code != 250:
+                # A definite answer after the body: not accepted, so trying again is safe.
+                raise _answered("the mail server answered", code, reply)
+        except MailError:
+            raise
         except (smtplib.SMTPException, OSError) as error:
+            if body_sent:
+                client.close()
+                raise MailError(
+                    "outcome unknown: the message was sent but the mail server's answer "
+                    f"was lost ({type(error).__name__}: {error})",
+                    permanent=True,
+                    outcome_unknown=True,
+                ) from error
             raise MailError(f"the connection to the mail server failed: {error}") from error
         if refused:
-            raise MailError(f"recipient refused: {refused}", permanent=True)
+            raise MailError(f"recipient refused: {_describe(refused)}", permanent=True)
+
+    def _reset(self) -> None:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            self.client.rset()
+
+
+def _answered(what: str, code: int, reply: bytes) -> MailError:
+    # 5xx: the server will not take this message; 4xx: try again later.
+    text = reply.decode(errors="replace")
+    return MailError(f"{what}: {code} {text}", permanent=500 <= code < 600)
+
+
+def _describe(refused: dict[str, tuple[int, bytes]]) -> str:
+    return ", ".join(
+        f"{address} ({code} {reply.decode(errors='replace')})"
+        for address, (code, reply) in refused.items()
+    )

@@ -167,3 +167,65 @@ def test_smtps_is_implicit_tls(certificate):
         assert len(sink.envelopes) == 1
     finally:
         controller.stop()
+
+
+def test_a_recipient_answered_4xx_is_temporary_and_5xx_permanent(smtp_sink):
+    async def rcpt(server, session, envelope, address, rcpt_options):
+        if address.startswith("grey"):
+            return "451 4.7.1 Greylisted, try again later"
+        if address.startswith("nobody"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    smtp_sink.handle_RCPT = rcpt
+    with mail.mailer(smtp_sink.url).connect() as connection:
+        with pytest.raises(mail.MailError) as grey:
+            connection.send(message("grey@example.org"))
+        assert not grey.value.permanent and "451" in str(grey.value)
+        with pytest.raises(mail.MailError) as refused:
+            connection.send(message("nobody@example.org"))
+        assert refused.value.permanent and "550" in str(refused.value)
+        connection.send(message())  # the connection still works
+    assert len(smtp_sink.envelopes) == 1
+
+
+def test_a_non_ascii_address_uses_smtputf8_or_is_refused_before_anything_is_sent(smtp_sink):
+    with mail.mailer(smtp_sink.url).connect() as connection:
+        assert connection.client.has_extn("smtputf8")  # the sink offers it
+        connection.send_bytes("caredeck@example.org", ["j\u00fcrgen@example.de"], b"x\r\n")
+        connection.client.esmtp_features.pop("smtputf8")  # a server that does not
+        with pytest.raises(mail.MailError) as error:
+            connection.send_bytes("caredeck@example.org", ["j\u00fcrgen@example.de"], b"x\r\n")
+        assert error.value.permanent and not error.value.outcome_unknown
+        connection.send(message())  # the connection still works
+    assert [e.rcpt_tos for e in smtp_sink.envelopes] == [
+        ["j\u00fcrgen@example.de"],
+        ["someone@example.org"],
+    ]
+
+
+def test_a_reply_lost_after_the_body_is_an_unknown_outcome(smtp_sink):
+    import asyncio
+
+    accept = type(smtp_sink).handle_DATA
+
+    async def late(server, session, envelope):
+        answer = await accept(smtp_sink, server, session, envelope)  # stored: accepted
+        await asyncio.sleep(2)  # the answer comes after the client's timeout
+        return answer
+
+    smtp_sink.handle_DATA = late
+    with mail.mailer(smtp_sink.url + "&timeout=1").connect() as connection:
+        with pytest.raises(mail.MailError) as error:
+            connection.send(message())
+    assert error.value.outcome_unknown and error.value.permanent
+    assert len(smtp_sink.envelopes) == 1
+
+
+def test_a_failure_before_the_body_is_not_an_unknown_outcome(smtp_sink):
+    with mail.mailer(smtp_sink.url).connect() as connection:
+        connection.client.close()  # the connection is gone before MAIL FROM
+        with pytest.raises(mail.MailError) as error:
+            connection.send(message())
+    assert not error.value.permanent and not error.value.outcome_unknown

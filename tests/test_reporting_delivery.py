@@ -1,6 +1,9 @@
 """Report emails at a real SMTP server: headers, parts, the PDF attached or linked, one-click
 unsubscribe, and failures retried or recorded."""
 
+import datetime
+import email
+import email.policy
 import re
 import time
 
@@ -206,3 +209,199 @@ def test_unsubscribe_refuses_tampered_expired_and_foreign_tokens(app, readers):
         assert Subscription.get_by_id(readers[0].id).cancelled_at is None
     # Only that route skips the CSRF check: the subscriptions page still requires it.
     assert client.post("/reports/subscriptions", data={}).status_code == 400
+
+
+def _rendered(app, monkeypatch):
+    """The run of WEEK rendered and "sending", its batches not enqueued; the ledger ids."""
+    monkeypatch.setattr(pipeline, "dispatch", lambda run_id: 0)
+    run = pipeline.ensure_run(None, WEEK)
+    pipeline.add_all_recipients(run)
+    pipeline.render_run(run.id)
+    return run, [d.id for d in Delivery.select().order_by(Delivery.id)]
+
+
+def _during_first_send(monkeypatch, action):
+    from core import mail
+
+    send, calls = mail._SMTPConnection.send_bytes, []
+
+    def hooked(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            action()
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(mail._SMTPConnection, "send_bytes", hooked)
+
+
+def test_a_batch_whose_claim_expired_stops_and_nothing_is_sent_twice(
+    app, readers, fake, smtp_sink, monkeypatch
+):
+    with app.app_context(), database.connection_context():
+        run, ids = _rendered(app, monkeypatch)
+        # Batch A stalls in its first send (a paused process) past the lease: the scheduler
+        # gives its rows back and a second batch is dispatched for them.
+        later = pipeline.utcnow() + pipeline.SEND_LEASE + datetime.timedelta(minutes=1)
+        _during_first_send(monkeypatch, lambda: pipeline.recover_stalled(later))
+        pipeline.send_batch(run.id, ids)  # batch A: sends its first, then stops
+        ReportRun.update(state="sending").where(ReportRun.id == run.id).execute()
+        pipeline.send_batch(run.id, ids)  # batch B
+        assert {d.state for d in Delivery.select()} == {"sent"}
+    assert sorted(e.rcpt_tos[0] for e in smtp_sink.envelopes) == [
+        f"reader{n}@example.org" for n in range(3)
+    ]
+
+
+def test_a_worker_clock_behind_the_schedulers_does_not_expire_a_live_claim(
+    app, readers, fake, smtp_sink, monkeypatch
+):
+    real = pipeline.utcnow
+    with app.app_context(), database.connection_context():
+        run, ids = _rendered(app, monkeypatch)
+        behind = pipeline.SEND_LEASE + datetime.timedelta(minutes=1)
+        monkeypatch.setattr(pipeline, "utcnow", lambda: real() - behind)  # the worker's clock
+
+        def scheduler_elsewhere():
+            monkeypatch.setattr(pipeline, "utcnow", real)  # the scheduler's host: right
+            pipeline.recover_stalled()
+
+        _during_first_send(monkeypatch, scheduler_elsewhere)
+        pipeline.send_batch(run.id, ids)
+        assert {d.state for d in Delivery.select()} == {"sent"}
+    assert len(smtp_sink.envelopes) == 3
+
+
+def test_a_reply_lost_after_the_message_is_recorded_failed_and_never_resent(
+    make_app, smtp_sink, users, fake, monkeypatch
+):
+    import asyncio
+
+    app = make_app(SMTP_URL=smtp_sink.url + "&timeout=1", REPORTING_PUBLIC_URL=PUBLIC)
+    with database.connection_context():
+        for n in range(2):
+            user = User.create_user(
+                f"r{n}@example.org", ROLE_PASSWORD, name="R", role="doctor", status="active"
+            )
+            subscriptions.create(
+                user, {"weekday": "monday", "time": "08:00", "timezone": "UTC", "study": None}
+            )
+    accept, seen = type(smtp_sink).handle_DATA, []
+
+    async def late(server, session, envelope):
+        seen.append(1)
+        answer = await accept(smtp_sink, server, session, envelope)  # stored: accepted
+        if len(seen) == 1:
+            await asyncio.sleep(2)  # its answer is lost: the client times out
+        return answer
+
+    smtp_sink.handle_DATA = late
+    with app.app_context(), database.connection_context():
+        run, ids = _rendered(app, monkeypatch)
+        with pytest.raises(pipeline.TemporaryFailure):
+            pipeline.send_batch(run.id, ids)
+        first, second = Delivery.select().order_by(Delivery.id)
+        assert first.state == "failed" and "outcome unknown" in first.error
+        assert second.state == "pending"
+        pipeline.send_batch(run.id, ids)  # the retry
+        assert [d.state for d in Delivery.select().order_by(Delivery.id)] == ["failed", "sent"]
+    time.sleep(0.5)
+    assert sorted(e.rcpt_tos[0] for e in smtp_sink.envelopes) == [
+        "r0@example.org",
+        "r1@example.org",
+    ]
+
+
+def test_a_greylisted_recipient_is_retried_not_failed(app, readers, fake, smtp_sink, monkeypatch):
+    async def grey(server, session, envelope, address, rcpt_options):
+        if address == "reader1@example.org":
+            return "451 4.7.1 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    smtp_sink.handle_RCPT = grey
+    with app.app_context(), database.connection_context():
+        run, ids = _rendered(app, monkeypatch)
+        with pytest.raises(pipeline.TemporaryFailure, match="451"):
+            pipeline.send_batch(run.id, ids)
+        states = {d.recipient or d.id: d.state for d in Delivery.select()}
+        assert states["reader0@example.org"] == "sent"
+        assert "failed" not in states.values() and "sending" not in states.values()
+
+
+def test_a_non_ascii_address_is_sent_with_smtputf8_not_left_sending(
+    app, users, fake, smtp_sink, monkeypatch
+):
+    with database.connection_context():
+        user = User.create_user(
+            "j\u00fcrgen@example.de", ROLE_PASSWORD, name="J", role="doctor", status="active"
+        )
+        subscriptions.create(
+            user, {"weekday": "monday", "time": "08:00", "timezone": "UTC", "study": None}
+        )
+    with app.app_context(), database.connection_context():
+        run, ids = _rendered(app, monkeypatch)
+        pipeline.send_batch(run.id, ids)
+        assert [d.state for d in Delivery.select()] == ["sent"]
+    assert [e.rcpt_tos for e in smtp_sink.envelopes] == [["j\u00fcrgen@example.de"]]
+
+
+def test_an_error_before_sending_is_recorded_with_its_type(
+    app, readers, fake, smtp_sink, monkeypatch
+):
+    with app.app_context(), database.connection_context():
+        run, ids = _rendered(app, monkeypatch)
+
+        def unreadable(location):
+            raise FileNotFoundError(f"no such file: {location}")
+
+        monkeypatch.setattr(pipeline, "read_pdf", unreadable)
+        with pytest.raises(FileNotFoundError):
+            pipeline.send_batch(run.id, ids)
+        rows = list(Delivery.select())
+        assert {d.state for d in rows} == {"pending"}
+        assert all(d.error.startswith("FileNotFoundError: no such file") for d in rows)
+    assert smtp_sink.envelopes == []
+
+
+def test_the_email_labels_every_total_the_report_has(app):
+    from plugins.reporting.reports import emails
+
+    totals = {"new": 3, "moved_out": 2, "deleted_meanwhile": 1}
+    with app.test_request_context():
+        data = emails.compose(
+            recipient="a@example.org",
+            name="A",
+            subscription_id=1,
+            run_id=1,
+            week=WEEK,
+            study="ONCO-7",
+            totals=totals,
+            pdf_part=None,
+            sender=app.config["REPORTING_MAIL_FROM"],
+        )
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    for body in (text, html):
+        assert "Documents moved to another study" in body and "2" in body
+        assert "New documents deleted while the report was made" in body
+
+
+def test_a_stored_study_with_a_newline_cannot_inject_a_header(app):
+    from plugins.reporting.reports import emails
+
+    with app.test_request_context():
+        data = emails.compose(
+            recipient="a@example.org",
+            name="A",
+            subscription_id=1,
+            run_id=1,
+            week=WEEK,
+            study="x\r\nBcc: evil@attacker.example\r\nX-Injected: yes",
+            totals={},
+            pdf_part=None,
+            sender=app.config["REPORTING_MAIL_FROM"],
+        )
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert message["X-Injected"] is None and message["Bcc"] is None
+    assert "Bcc: evil@attacker.example" in message["Subject"]  # as text, on one line

@@ -229,3 +229,51 @@ def test_batches(app, users, fake):
         assert broker.queues["default"].qsize() == 3  # 3 + 3 + 1 recipients
     run_jobs(app)
     assert len(outbox(app)) == 7
+
+
+def _fail_rendering(run_id):
+    for _attempt in range(pipeline.MAX_RENDER_ATTEMPTS - 1):
+        with pytest.raises(pipeline.TemporaryFailure):
+            pipeline.render_run(run_id)
+    pipeline.render_run(run_id)
+    assert ReportRun.get_by_id(run_id).state == "failed"
+
+
+def test_a_failed_render_is_tried_again_when_an_admin_runs_the_week_again(
+    app, client_for, subscribers, fake
+):
+    renderer, _ = fake
+    renderer.fail = pipeline.MAX_RENDER_ATTEMPTS
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        _fail_rendering(run.id)
+    (again,) = start_run(client_for)
+    assert again["id"] == run.id
+    assert (again["state"], again["render_attempts"]) == ("queued", 0)
+    run_jobs(app)
+    done = client_for("admin").get(f"/api/report-runs/{run.id}").json
+    assert (done["state"], done["sent"], done["pending"]) == ("succeeded", 3, 0)
+    assert len(outbox(app)) == 3
+
+
+def test_a_failed_render_is_tried_again_when_new_recipients_arrive(app, subscribers, fake):
+    renderer, _ = fake
+    renderer.fail = pipeline.MAX_RENDER_ATTEMPTS
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        _fail_rendering(run.id)
+        user = User.create_user(
+            "late@example.org", ROLE_PASSWORD, name="Late", role="nurse", status="active"
+        )
+        _subscribe(user)
+        # All due on the Monday that reports WEEK (08:00 Europe/Berlin): only the new
+        # subscriber's ledger row is new.
+        monday = datetime.datetime(2026, 11, 23, 7, 0, tzinfo=datetime.UTC)
+        Subscription.update(next_due_at=monday).execute()
+        pipeline.enqueue_due(monday + datetime.timedelta(minutes=5))
+        assert Delivery.select().count() == 4
+        assert ReportRun.get_by_id(run.id).state == "queued"
+    run_jobs(app)
+    assert len(outbox(app)) == 4

@@ -48,7 +48,19 @@ def test_only_admins(client, client_for):
     assert doctor.get("/api/report-runs/1/pdf").status_code == 403
 
 
-@pytest.mark.parametrize("week", ["2026-47", "2026-W54", "2027-W53", "W47", "", None])
+@pytest.mark.parametrize(
+    "week",
+    [
+        "2026-47",
+        "2026-W54",
+        "2027-W53",
+        "W47",
+        "",
+        None,
+        "\uff12\uff10\uff12\uff16-W47",
+        "2026-W47\n",
+    ],
+)
 def test_the_week_is_validated(client_for, week):
     answer = client_for("admin").post("/api/report-runs", json={"week": week})
     assert answer.status_code == 422 and "week" in answer.json["errors"]["json"]
@@ -102,3 +114,67 @@ def test_a_run_without_a_pdf_yet(client_for, subscribed):
 
 def test_a_week_without_subscribers_starts_nothing(client_for):
     assert client_for("admin").post("/api/report-runs", json={"week": WEEK}).json == []
+
+
+@pytest.mark.parametrize("study", ["a\x00b", "A\nB"])
+def test_a_study_with_control_characters_is_refused(client_for, study):
+    answer = client_for("admin").post("/api/report-runs", json={"week": WEEK, "study": study})
+    assert answer.status_code == 422 and "study" in answer.json["errors"]["json"]
+
+
+def test_the_pdf_download_names_any_study_safely(app, client_for, users, fake):
+    from plugins.reporting.reports.models import ReportRun
+
+    admin = client_for("admin")
+    (run,) = admin.post(
+        "/api/report-runs", json={"week": WEEK, "study": '\u03b1-study "q"', "dry_run": True}
+    ).json
+    run_jobs(app)
+    answer = admin.get(f"/api/report-runs/{run['id']}/pdf")
+    assert answer.status_code == 200
+    assert answer.headers["Content-Disposition"] == (
+        'attachment; filename="caredeck-report-2026-W47-_-study _q_.pdf"; '
+        "filename*=UTF-8''caredeck-report-2026-W47-%CE%B1-study%20%22q%22.pdf"
+    )
+    answer.close()  # done with the streamed body
+    with database.connection_context():  # a study stored before names were checked
+        ReportRun.update(study="A\nB").where(ReportRun.id == run["id"]).execute()
+    answer = admin.get(f"/api/report-runs/{run['id']}/pdf")
+    assert answer.status_code == 200
+    assert "\n" not in answer.headers["Content-Disposition"]
+    assert (
+        "filename*=UTF-8''caredeck-report-2026-W47-A%0AB.pdf"
+        in (answer.headers["Content-Disposition"])
+    )
+    answer.close()
+
+
+def test_running_a_week_that_is_sending_enqueues_batches_for_new_recipients_only(
+    app, client_for, subscribed, fake, monkeypatch
+):
+    import types
+
+    from core.auth.models import User
+    from plugins.reporting.reports import pipeline
+    from plugins.reporting.reports.models import Delivery, ReportRun
+
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "dispatch", lambda run_id, *args: 0)
+            pipeline.render_run(run.id)  # sending; the first rows' batches are on their way
+        late = User.get(User.email == "doctor@example.org")
+        sub = subscriptions.create(
+            late, {"weekday": "friday", "time": "08:00", "timezone": "UTC", "study": None}
+        )
+        before = {d.id for d in Delivery.select()}
+    sent = []
+    monkeypatch.setattr(
+        pipeline, "send_batch", types.SimpleNamespace(send=lambda *a: sent.append(a))
+    )
+    (again,) = client_for("admin").post("/api/report-runs", json={"week": WEEK}).json
+    with database.connection_context():
+        assert ReportRun.get_by_id(run.id).state == "sending"
+        new = Delivery.get(Delivery.subscription == sub.id)
+    assert new.id not in before and sent == [(run.id, [new.id])]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,116 @@ def test_serve_with_the_embedded_queue_runs_the_scheduler_in_process(caredeck_co
     assert result.exit_code == 0, result.output
     assert "caredeck-scheduler" in seen["threads"]
     assert "caredeck-scheduler" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_a_week_is_rendered_only_once_it_has_ended_in_the_hospitals_zone(app, fake):
+    # Monday 00:00 in Kiritimati (UTC+14) is Sunday 10:00 UTC: the subscriber's week 47 is
+    # over, the hospital's (TIMEZONE, UTC here) has 14 hours to go.
+    subs = subscribe_many(1, zone="Pacific/Kiritimati", due=False)
+    sunday = datetime.datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    renderer, _ = fake
+    with app.app_context(), database.connection_context():
+        assert app.config["TIMEZONE"] == "UTC"
+        Subscription.update(next_due_at=sunday, time="00:00").where(
+            Subscription.id == subs[0].id
+        ).execute()
+        assert pipeline.enqueue_due(sunday + datetime.timedelta(minutes=1)) == 1
+        (run,) = ReportRun.select()
+        assert (run.week, run.state, run.enqueued_at) == ("2026-W47", "queued", None)
+        pipeline.enqueue_due(sunday + datetime.timedelta(hours=13, minutes=59))  # a later tick
+    run_jobs(app)
+    assert renderer.calls == []
+    with app.app_context(), database.connection_context():
+        end = datetime.datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+        pipeline.enqueue_due(end + pipeline.WEEK_END_GRACE)  # the tick after the week ended
+    run_jobs(app)
+    assert renderer.calls == [(None, "2026-W47")]
+    with database.connection_context():
+        assert [d.state for d in Delivery.select()] == ["sent"]
+
+
+def test_a_poisoned_subscription_does_not_stop_the_others(app, fake, caplog):
+    subs = subscribe_many(2)
+    with database.connection_context():
+        # First in line, with a zone that zoneinfo does not know (a row from before the
+        # check, or a zone since removed).
+        Subscription.update(
+            timezone="Mars/Olympus", next_due_at=NOW - datetime.timedelta(days=1)
+        ).where(Subscription.id == subs[0].id).execute()
+    with app.app_context(), database.connection_context():
+        with caplog.at_level(logging.ERROR, logger="caredeck.reporting"):
+            assert pipeline.enqueue_due(NOW) == 1
+        assert f"report subscription {subs[0].id} could not be scheduled" in caplog.text
+        assert [d.subscription_id for d in Delivery.select()] == [subs[1].id]
+        assert Subscription.get_by_id(subs[0].id).next_due_at > NOW  # not first next tick
+        assert pipeline.enqueue_due(NOW) == 0
+
+
+def test_many_due_subscriptions_take_a_few_statements_not_several_each(
+    app, users, fake, monkeypatch
+):
+    count = 2000
+    with database.connection_context():
+        User.insert_many(
+            [
+                {
+                    "email": f"many{n}@example.org",
+                    "name": "M",
+                    "role": "nurse",
+                    "status": "active",
+                    "password_hash": users["nurse"].password_hash,
+                }
+                for n in range(count)
+            ]
+        ).execute()
+        ids = [u.id for u in User.select(User.id).where(User.email.startswith("many"))]
+        due = NOW - datetime.timedelta(hours=2)  # Monday 07:00 UTC: 08:00 Europe/Berlin
+        Subscription.insert_many(
+            [
+                {
+                    "user": uid,
+                    "weekday": 0,
+                    "time": "08:00",
+                    "timezone": "Europe/Berlin",
+                    "study": None,
+                    "scope": "*",
+                    "created_at": due,
+                    "next_due_at": due,
+                }
+                for uid in ids
+            ]
+        ).execute()
+    statements = []
+    execute_sql = type(database.obj).execute_sql
+
+    def counted(self, sql, *args, **kwargs):
+        statements.append(sql)
+        return execute_sql(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(type(database.obj), "execute_sql", counted)
+    with app.app_context(), database.connection_context():
+        started = time.monotonic()
+        assert pipeline.enqueue_due(NOW) == count
+        took = time.monotonic() - started
+        assert Delivery.select().count() == count
+        assert Subscription.select().where(Subscription.next_due_at <= NOW).count() == 0
+    assert len(statements) < 60, (len(statements), took)
+
+
+def test_a_run_already_sending_gets_batches_for_the_new_rows_only(app, fake, monkeypatch):
+    first, second = subscribe_many(2)
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, "2026-W47")
+        pipeline.add_recipients(run, [first.id])
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "dispatch", lambda run_id, *args: 0)
+            pipeline.render_run(run.id)  # sending; the first row's batch is on its way
+        # Its working lease runs past NOW (the run is live, not stalled).
+        later = NOW + datetime.timedelta(minutes=5)
+        ReportRun.update(lease_until=later).where(ReportRun.id == run.id).execute()
+        sent = []
+        batches = types.SimpleNamespace(send=lambda *args: sent.append(args))
+        monkeypatch.setattr(pipeline, "send_batch", batches)
+        assert pipeline.enqueue_due(NOW) == 2
+        new = Delivery.get(Delivery.subscription == second.id)
+        assert sent == [(run.id, [new.id])]

@@ -65,6 +65,11 @@ def test_subscribe_list_and_unsubscribe(client_for):
         ({"timezone": "CEST+2"}, "timezone"),
         ({"timezone": "../../etc/passwd"}, "timezone"),
         ({"study": "x" * 201}, "study"),
+        ({"time": "08:00\n"}, "time"),
+        ({"time": "\uff10\uff18:\uff10\uff10"}, "time"),  # full-width digits
+        ({"study": "a\x00b"}, "study"),
+        ({"study": "a\nBcc: x@example.org"}, "study"),
+        ({"study": "a\u2028b"}, "study"),
     ],
 )
 def test_invalid_fields_are_named(client_for, change, field):

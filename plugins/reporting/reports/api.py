@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import marshmallow as ma
 from flask import Response, stream_with_context, url_for
@@ -21,6 +22,7 @@ from plugins.reporting.reports.models import (
 from plugins.reporting.reports.subscriptions import (
     ReportingSubscriptionNewSchema,
     ReportingSubscriptionSchema,
+    check_study,
 )
 
 blp = Blueprint(
@@ -126,12 +128,18 @@ class ReportingRunNewSchema(ma.Schema):
     )
     study = ma.fields.String(
         allow_none=True,
-        validate=ma.validate.Length(min=1, max=STUDY_MAX_LENGTH),
+        validate=[ma.validate.Length(min=1, max=STUDY_MAX_LENGTH), check_study],
         metadata={
             "description": "Only this scope: a study, or null for the all-studies report. "
             "Leave it out for every scope that has subscribers."
         },
     )
+
+    @ma.post_load
+    def _normalise(self, data, **kwargs):
+        # One spelling of a week in the runs and the ledger, whatever was typed.
+        data["week"] = timing.normalise_week(data["week"])
+        return data
 
 
 class ReportingRunSchema(ma.Schema):
@@ -159,6 +167,12 @@ class ReportingRunSchema(ma.Schema):
 class ReportingRunQuerySchema(ma.Schema):
     week = ma.fields.String(validate=_check_week)
     state = ma.fields.String(validate=ma.validate.OneOf(RUN_STATES))
+
+    @ma.post_load
+    def _normalise(self, data, **kwargs):
+        if "week" in data:
+            data["week"] = timing.normalise_week(data["week"])
+        return data
 
 
 def run_dict(run: ReportRun, counts: dict[str, int]) -> dict:
@@ -245,10 +259,11 @@ class ReportRuns(MethodView):
                 run = pipeline.create_dry_run(study, week)
             else:
                 run = pipeline.ensure_run(study, week)
-                added = pipeline.add_all_recipients(run)
+                added = pipeline.insert_all_recipients(run)
             if not pipeline.kick(run.id) and not dry and added:
                 if ReportRun.get_by_id(run.id).state == "sending":
-                    pipeline.dispatch(run.id)  # new recipients of a run sending right now
+                    # New recipients of a run sending right now: batches for them only.
+                    pipeline.dispatch(run.id, added)
             runs.append(ReportRun.get_by_id(run.id))
         return _dicts(runs)
 
@@ -278,13 +293,24 @@ class ReportRunPdf(MethodView):
 
 def pdf_response(run: ReportRun) -> Response:
     scope = "all-studies" if run.study is None else run.study
-    name = f"caredeck-report-{run.week}-{scope}.pdf".replace('"', "")
+    name = f"caredeck-report-{run.week}-{scope}.pdf"
     chunks = pipeline.store().open(run.pdf_location)
     response = Response(stream_with_context(chunks), mimetype="application/pdf")
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    response.headers["Content-Disposition"] = content_disposition(name)
     if run.pdf_size is not None:
         response.headers["Content-Length"] = str(run.pdf_size)
     return response
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with an ASCII ``filename`` (anything else replaced) and the exact name
+    as RFC 6266 / RFC 8187 ``filename*`` (UTF-8, percent-encoded): nothing in ``name`` (a
+    quote, a newline) can break the header."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in name
+    )
+    encoded = urllib.parse.quote(name, safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
 def _run_or_404(run_id: int) -> ReportRun:

@@ -8,6 +8,7 @@ import email.charset
 import email.header
 import email.policy
 import email.utils
+import unicodedata
 import uuid
 from email.message import MIMEPart
 from email.mime.multipart import MIMEMultipart
@@ -25,6 +26,8 @@ TOTAL_LABELS = (
     ("new", "New documents"),
     ("updated", "Updated documents"),
     ("deleted", "Deleted documents"),
+    ("moved_out", "Documents moved to another study"),
+    ("deleted_meanwhile", "New documents deleted while the report was made"),
     ("images", "Images"),
     ("missing", "Missing files"),
     ("corrupt", "Corrupt files (MD5 mismatch)"),
@@ -71,7 +74,9 @@ def compose(
         link = public_url(f"/reports/pdf/{tokens.report_link_token(run_id)}")
     first = timing.week_monday(week)
     last = first + datetime.timedelta(days=6)
-    scope = f"study {study}" if study else "all studies"
+    # Study names are checked when they come in; one stored before that, with a newline,
+    # must still not break the Subject header (or the whole message).
+    scope = f"study {_one_line(study)}" if study else "all studies"
     context = {
         "name": name,
         "week": week,
@@ -110,6 +115,12 @@ def compose(
     closing = data.rindex(f"--{boundary}--".encode())
     return b"".join(
         (data[:closing], f"--{boundary}\r\n".encode(), pdf_part, b"\r\n", data[closing:])
+    )
+
+
+def _one_line(text: str) -> str:
+    return "".join(
+        " " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in text
     )
 
 

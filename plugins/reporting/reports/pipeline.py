@@ -37,7 +37,7 @@ import peewee
 from flask import current_app
 
 from core.auth.models import User
-from core.db import database, utcnow
+from core.db import database, is_sqlite, utcnow
 from core.mail import MailError, mailer_for
 from jobs import actor
 from plugins.reporting.reports import emails, timing
@@ -56,6 +56,10 @@ MAX_RENDER_ATTEMPTS = 3
 SEND_TIME_LIMIT = datetime.timedelta(minutes=5)
 SEND_LEASE = datetime.timedelta(minutes=10)
 MAX_DELIVERY_ATTEMPTS = 5
+# The scheduler renders a week only once it has ended in the hospital's zone (``TIMEZONE``,
+# the zone the report's bounds are taken in), plus this: a subscriber east of the hospital
+# reaches Monday first, and the report waits for the week to end where it is counted.
+WEEK_END_GRACE = datetime.timedelta(minutes=10)
 OPEN_STATES = ("pending", "claimed", "sending")
 UNKNOWN_OUTCOME = (
     "outcome unknown: the worker stopped while handing this email to the mail server; "
@@ -65,6 +69,23 @@ UNKNOWN_OUTCOME = (
 
 class TemporaryFailure(Exception):
     """Raised by a job so that Dramatiq retries it with back-off."""
+
+
+class ClaimLost(Exception):
+    """A batch's row is no longer held by it (the scheduler gave it back after the claim
+    expired, and another batch may hold it now): the batch must not send it, and stops."""
+
+
+def db_now(offset: datetime.timedelta = datetime.timedelta(0)) -> peewee.Node:
+    """The database's clock (UTC, naive like ``UTCDateTimeField``), plus ``offset``: claims
+    are stamped and expired on this one clock, so a worker whose clock is behind or ahead of
+    the scheduler's cannot have a live claim expired, or a dead one kept."""
+    seconds = offset.total_seconds()
+    if is_sqlite():
+        return peewee.fn.strftime("%Y-%m-%d %H:%M:%f", "now", f"{seconds:+f} seconds")
+    return peewee.SQL(
+        "((CURRENT_TIMESTAMP AT TIME ZONE 'UTC') + make_interval(secs => %s))", (seconds,)
+    )
 
 
 # Seams to the other parts of the plugin (the renderer, the file store) --------------------
@@ -91,7 +112,9 @@ def read_pdf(location: str) -> bytes:
 
 def ensure_run(study: str | None, week: str) -> ReportRun:
     """The run of this scope and week, created if there is none (two callers at once get
-    the same row: the unique index decides, the loser reads the winner's row)."""
+    the same row: the unique index decides, the loser reads the winner's row). ``week`` is
+    stored normalised (one spelling per week, or the unique index would not hold)."""
+    week = timing.normalise_week(week)
     scope = scope_of(study)
     where = (ReportRun.scope == scope) & (ReportRun.week == week) & (ReportRun.dry_run == False)  # noqa: E712
     run = ReportRun.get_or_none(where)
@@ -105,6 +128,7 @@ def ensure_run(study: str | None, week: str) -> ReportRun:
 
 
 def create_dry_run(study: str | None, week: str) -> ReportRun:
+    week = timing.normalise_week(week)
     return ReportRun.create(scope=scope_of(study), study=study, week=week, dry_run=True)
 
 
@@ -120,34 +144,63 @@ def active_subscriptions(scope: str) -> peewee.ModelSelect:
     )
 
 
-def add_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> int:
+def insert_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> list[int]:
     """Ledger rows for these subscriptions and the run's week; existing ones stay as they
-    are (a subscription gets a week's report once, whoever asks). Returns rows added."""
+    are (a subscription gets a week's report once, whoever asks). Returns the subscriptions
+    whose row this call added (``INSERT ... ON CONFLICT DO NOTHING RETURNING``)."""
     rows = [
         {"subscription": sid, "week": run.week, "run": run.id, "state": "pending"}
         for sid in subscription_ids
     ]
-    added = 0
+    added: list[int] = []
     for start in range(0, len(rows), 500):
-        chunk = rows[start : start + 500]
-        before = Delivery.select().where(Delivery.run == run.id).count()
-        Delivery.insert_many(chunk).on_conflict_ignore().execute()
-        added += Delivery.select().where(Delivery.run == run.id).count() - before
+        query = Delivery.insert_many(rows[start : start + 500]).on_conflict_ignore()
+        added += [row[0] for row in query.returning(Delivery.subscription).tuples().execute()]
     return added
 
 
-def add_all_recipients(run: ReportRun) -> int:
-    """Every active subscriber of the run's scope (an admin's run for a week)."""
+def add_recipients(run: ReportRun, subscription_ids: Iterable[int]) -> int:
+    """:func:`insert_recipients`; returns how many rows were added."""
+    return len(insert_recipients(run, subscription_ids))
+
+
+def insert_all_recipients(run: ReportRun) -> list[int]:
+    """Every active subscriber of the run's scope (an admin's run for a week); returns the
+    subscriptions added."""
     ids = [s.id for s in active_subscriptions(run.scope).select(Subscription.id)]
-    return add_recipients(run, ids)
+    return insert_recipients(run, ids)
 
 
-def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
+def add_all_recipients(run: ReportRun) -> int:
+    return len(insert_all_recipients(run))
+
+
+def week_complete(week: str, now: datetime.datetime) -> bool:
+    """Whether ``week`` has ended in the hospital's zone (plus the grace) by ``now``."""
+    end = timing.week_bounds(week, current_app.config["TIMEZONE"])[1]
+    return now >= end + WEEK_END_GRACE
+
+
+def kick(run_id: int, now: datetime.datetime | None = None, *, scheduled: bool = False) -> bool:
     """Enqueue what the run needs next, unless someone already did: the job is sent only by
     the caller whose conditional UPDATE wins, so two schedulers enqueue it once. Also
-    takes over a stalled run (its working lease has passed). True if a job was sent."""
+    takes over a stalled run (its working lease has passed), and gives a run whose
+    rendering failed for good another chance (queued, its attempts reset): kick is called
+    when an admin runs the week again or new ledger rows arrive for it. ``scheduled`` (the
+    scheduler's calls): a run not yet rendered whose week has not ended in the hospital's
+    zone stays queued; the scheduler kicks it again at each tick (an admin's run of a week
+    is rendered when asked). True if a job was sent."""
     now = now or utcnow()
     run = ReportRun.get_by_id(run_id)
+    if run.state == "failed" and run.pdf_location is None and not run.dry_run:
+        ReportRun.update(
+            state="queued", render_attempts=0, lease_until=None, enqueued_at=None, finished_at=None
+        ).where(
+            (ReportRun.id == run.id)
+            & (ReportRun.state == "failed")
+            & ReportRun.pdf_location.is_null()
+        ).execute()
+        run = ReportRun.get_by_id(run_id)
     if run.state == "rendering" and run.lease_until and run.lease_until < now:
         ReportRun.update(state="queued", lease_until=None, enqueued_at=None).where(
             (ReportRun.id == run.id)
@@ -156,6 +209,10 @@ def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
         ).execute()
         run = ReportRun.get_by_id(run_id)
     if run.state == "queued":
+        # Only before its rendering ever started: one taken over (or retried) goes on.
+        held = scheduled and not run.dry_run and run.render_attempts == 0
+        if held and not week_complete(run.week, now):
+            return False
         won = (
             ReportRun.update(enqueued_at=now)
             .where(
@@ -195,8 +252,11 @@ def kick(run_id: int, now: datetime.datetime | None = None) -> bool:
 
 def recover_stalled(now: datetime.datetime | None = None) -> None:
     """Give back rows that dead batches claimed, record the unknowns, restart stalled runs."""
+    # A claim's time is the database's (stamped at the claim and refreshed at every row the
+    # batch sends); ``now`` is for tests that move time forward.
+    cutoff = db_now(-SEND_LEASE) if now is None else now - SEND_LEASE
     now = now or utcnow()
-    expired = Delivery.claimed_at < now - SEND_LEASE
+    expired = Delivery.claimed_at < cutoff
     Delivery.update(state="pending", claim=None).where(
         (Delivery.state == "claimed") & expired
     ).execute()
@@ -208,7 +268,7 @@ def recover_stalled(now: datetime.datetime | None = None) -> None:
         & (ReportRun.lease_until.is_null() | (ReportRun.lease_until < now))
     )
     for run in stalled:
-        kick(run.id, now)
+        kick(run.id, now, scheduled=True)
 
 
 # Rendering -------------------------------------------------------------------------------
@@ -297,15 +357,14 @@ def _fail(run: ReportRun, message: str) -> None:
     ).execute()
 
 
-def dispatch(run_id: int) -> int:
-    """Enqueue a batch job per ``REPORTING_BATCH_SIZE`` pending rows; returns the batches."""
+def dispatch(run_id: int, subscription_ids: Iterable[int] | None = None) -> int:
+    """Enqueue a batch job per ``REPORTING_BATCH_SIZE`` pending rows (only those of
+    ``subscription_ids``, when given: rows just added); returns the batches."""
     size = current_app.config["REPORTING_BATCH_SIZE"]
-    ids = [
-        row.id
-        for row in Delivery.select(Delivery.id)
-        .where((Delivery.run == run_id) & (Delivery.state == "pending"))
-        .order_by(Delivery.id)
-    ]
+    where = (Delivery.run == run_id) & (Delivery.state == "pending")
+    if subscription_ids is not None:
+        where &= Delivery.subscription.in_(list(subscription_ids))
+    ids = [row.id for row in Delivery.select(Delivery.id).where(where).order_by(Delivery.id)]
     ReportRun.update(
         recipients=Delivery.select(peewee.fn.COUNT(Delivery.id)).where(Delivery.run == run_id)
     ).where(ReportRun.id == run_id).execute()
@@ -372,7 +431,7 @@ def send_batch(run_id: int, delivery_ids: list[int]) -> None:
     claim = uuid.uuid4().hex
     now = utcnow()
     Delivery.update(
-        state="claimed", claim=claim, claimed_at=now, attempts=Delivery.attempts + 1
+        state="claimed", claim=claim, claimed_at=db_now(), attempts=Delivery.attempts + 1
     ).where(Delivery.id.in_(delivery_ids) & (Delivery.state == "pending")).execute()
     rows = list(
         Delivery.select(Delivery, Subscription, User)
@@ -387,36 +446,70 @@ def send_batch(run_id: int, delivery_ids: list[int]) -> None:
         ).execute()
         try:
             _send_rows(run, rows, claim)
+        except ClaimLost as error:
+            # Not retried: the rows left are someone else's now (or back to pending).
+            log.warning("report run %s: batch %s stopped: %s", run_id, claim, error)
         finally:
             finish_if_done(run_id)
 
 
-def _mark(row: Delivery, token: str, **values) -> None:
-    """Update a row only while this batch still holds it."""
-    Delivery.update(**values).where((Delivery.id == row.id) & (Delivery.claim == token)).execute()
+def _mark(row: Delivery, token: str, **values) -> int:
+    """Update a row only while this batch still holds it; returns the rows updated (0: the
+    claim is gone)."""
+    return (
+        Delivery.update(**values)
+        .where((Delivery.id == row.id) & (Delivery.claim == token))
+        .execute()
+    )
+
+
+def _fence(row: Delivery, token: str, **values) -> None:
+    """Mark ``row`` "sending", only if this batch still holds it *claimed*, and refresh the
+    batch's claim (on the database's clock) so that a live batch never expires. Raises
+    :class:`ClaimLost` otherwise: the row must not be sent."""
+    held = (
+        Delivery.update(state="sending", claimed_at=db_now(), **values)
+        .where((Delivery.id == row.id) & (Delivery.claim == token) & (Delivery.state == "claimed"))
+        .execute()
+    )
+    if not held:
+        raise ClaimLost(f"delivery {row.id} is no longer held by this batch")
+    Delivery.update(claimed_at=db_now()).where(
+        (Delivery.claim == token) & (Delivery.state == "claimed")
+    ).execute()
 
 
 def _send_rows(run: ReportRun, rows: list[Delivery], claim: str) -> None:
     config = current_app.config
-    totals = json.loads(run.totals or "{}")
-    pdf_part = None
-    if (run.pdf_size or 0) <= config["REPORTING_ATTACHMENT_MAX_BYTES"]:
-        pdf_part = emails.attachment(read_pdf(run.pdf_location), run.week, run.study)
     sender = config["REPORTING_MAIL_FROM"]
     remaining = list(rows)
     # The row the server accepted last: its "sent" is written in the same transaction as
     # the next row's "sending" (one commit per email instead of two).
     accepted: list[Delivery] = []
 
-    def step(row: Delivery | None = None, **values) -> None:
-        with database.atomic():
-            for done in accepted:
-                _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
-            if row is not None:
-                _mark(row, claim, **values)
+    def step(row: Delivery | None = None, sending: bool = False, **values) -> None:
+        try:
+            with database.atomic():
+                for done in accepted:
+                    _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
+                if row is not None and sending:
+                    _fence(row, claim, **values)
+                elif row is not None:
+                    _mark(row, claim, **values)
+        except ClaimLost:
+            # The rows the server took are still recorded "sent" (outside the fence).
+            with database.atomic():
+                for done in accepted:
+                    _mark(done, claim, state="sent", sent_at=utcnow(), error=None)
+            accepted.clear()
+            raise
         accepted.clear()
 
     try:
+        totals = json.loads(run.totals or "{}")
+        pdf_part = None
+        if (run.pdf_size or 0) <= config["REPORTING_ATTACHMENT_MAX_BYTES"]:
+            pdf_part = emails.attachment(read_pdf(run.pdf_location), run.week, run.study)
         with mailer_for(current_app).connect() as connection:
             while remaining:
                 row = remaining[0]
@@ -439,26 +532,38 @@ def _send_rows(run: ReportRun, rows: list[Delivery], claim: str) -> None:
                 # The window: from this commit until the next one records "sent", a crash
                 # leaves the outcome unknown (recover_stalled records it as failed and never
                 # sends it again).
-                step(row, state="sending", recipient=user.email)
+                step(row, sending=True, recipient=user.email)
                 try:
                     connection.send_bytes(email_address(sender), [user.email], data)
                 except MailError as error:
                     if not error.permanent:
                         raise
+                    # Refused for good, or sent with its answer lost (``outcome_unknown``):
+                    # recorded failed, never sent again (at most once).
                     _mark(row, claim, state="failed", error=str(error))
-                else:
-                    accepted.append(row)
+                    remaining.pop(0)
+                    if error.outcome_unknown:
+                        # The connection is closed: the rest go back for the retry.
+                        raise
+                    continue
+                accepted.append(row)
                 remaining.pop(0)
             step()
+    except ClaimLost:
+        # Rows this batch still holds (normally none: they expire together) go back.
+        _release(remaining, claim, "the batch lost its claim")
+        raise
     except MailError as error:
         step()
+        # Rows whose message was not (fully) handed to the server: back to pending.
         _release(remaining, claim, str(error))
         raise TemporaryFailure(f"report run {run.id}: {error}") from error
-    except BaseException:
+    except BaseException as error:
         # Anything else (a bug, the time limit): record what the server took, give the
         # untried rows back; a row in the middle of an SMTP transaction stays "sending".
         step()
-        _release([row for row in remaining if _state(row) == "claimed"], claim, "interrupted")
+        reason = f"{type(error).__name__}: {error}"
+        _release([row for row in remaining if _state(row) == "claimed"], claim, reason)
         raise
 
 
@@ -484,6 +589,89 @@ def _release(rows: list[Delivery], claim: str, reason: str) -> None:
 
 # The scheduler's task --------------------------------------------------------------------
 
+POISONED_RETRY = datetime.timedelta(hours=1)
+
+
+def _poisoned(sub: Subscription, now: datetime.datetime, poisoned: set[int]) -> None:
+    # One bad subscription (a zone the database holds but zoneinfo no longer knows, ...)
+    # must not stop the others: logged, and put back by an hour so that it is not first in
+    # line again at the next tick.
+    log.exception("report subscription %s could not be scheduled", sub.id)
+    poisoned.add(sub.id)
+    Subscription.update(next_due_at=now + POISONED_RETRY).where(
+        (Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at)
+    ).execute()
+
+
+def _advance(planned: list[tuple[Subscription, datetime.datetime, str]]) -> set[int]:
+    """One conditional UPDATE for many subscriptions: each moves to its next occurrence if
+    it is still due as read (another scheduler did not win it). Returns the ids won."""
+    if not planned:
+        return set()
+    field = Subscription.next_due_at
+    if is_sqlite():
+        rows = ", ".join("(?, ?, ?)" for _ in planned)
+        sql = (
+            f"WITH v(id, old, new) AS (VALUES {rows}) "  # noqa: S608 (placeholders only)
+            "UPDATE reporting_subscriptions SET next_due_at = v.new FROM v "
+            "WHERE reporting_subscriptions.id = v.id "
+            "AND reporting_subscriptions.next_due_at = v.old RETURNING reporting_subscriptions.id"
+        )
+    else:
+        rows = ", ".join("(%s::bigint, %s::timestamp, %s::timestamp)" for _ in planned)
+        sql = (
+            "UPDATE reporting_subscriptions AS s SET next_due_at = v.new "  # noqa: S608 (placeholders only)
+            f"FROM (VALUES {rows}) AS v(id, old, new) "
+            "WHERE s.id = v.id AND s.next_due_at = v.old RETURNING s.id"
+        )
+    params = []
+    for sub, following, _week in planned:
+        params += [sub.id, field.db_value(sub.next_due_at), field.db_value(following)]
+    return {row[0] for row in database.execute_sql(sql, params).fetchall()}
+
+
+def _enqueue_many(
+    planned: list[tuple[Subscription, datetime.datetime, str]],
+    touched: dict[int, list[int]],
+) -> int:
+    """Advance the planned subscriptions in bulk and add the ledger rows of those won, in
+    one transaction; returns how many were won (due)."""
+    added_to: dict[int, list[int]] = {}
+    with database.atomic():
+        won = _advance(planned)
+        groups: dict[tuple[str | None, str], list[int]] = {}
+        for sub, _following, week in planned:
+            if sub.id in won and sub.user.status == "active":
+                groups.setdefault((sub.study, week), []).append(sub.id)
+        for (study, week), ids in groups.items():
+            run = ensure_run(study, week)
+            # ON CONFLICT DO NOTHING: a row another scheduler added stays as it is.
+            added_to.setdefault(run.id, []).extend(insert_recipients(run, ids))
+    for run_id, ids in added_to.items():
+        if ids:
+            touched.setdefault(run_id, []).extend(ids)
+    return len(won)
+
+
+def _enqueue_one(sub: Subscription, now: datetime.datetime, touched: dict[int, list[int]]) -> bool:
+    """Advance one due subscription and add its ledger row; False if another scheduler won."""
+    latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
+    following = timing.next_due(sub.weekday, sub.time, sub.timezone, now)
+    with database.atomic():
+        won = (
+            Subscription.update(next_due_at=following)
+            .where((Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at))
+            .execute()
+        )
+        if not won:
+            return False
+        if sub.user.status != "active":
+            return True
+        run = ensure_run(sub.study, timing.reported_week(latest, sub.timezone))
+        if add_recipients(run, [sub.id]):
+            touched.setdefault(run.id, []).append(sub.id)
+    return True
+
 
 def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
     """Ledger rows for every subscription due by ``now``, then the runs that need a job.
@@ -494,39 +682,49 @@ def enqueue_due(now: datetime.datetime | None = None, limit: int = 1000) -> int:
     """
     now = now or utcnow()
     touched: dict[int, list[int]] = {}
+    poisoned: set[int] = set()
     due = 0
     while True:
         batch = list(
-            Subscription.select()
+            Subscription.select(Subscription, User)
+            .join(User)
             .where(Subscription.cancelled_at.is_null() & (Subscription.next_due_at <= now))
             .order_by(Subscription.next_due_at)
             .limit(limit)
         )
+        planned = []
         for sub in batch:
-            latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
-            following = timing.next_due(sub.weekday, sub.time, sub.timezone, now)
-            with database.atomic():
-                won = (
-                    Subscription.update(next_due_at=following)
-                    .where(
-                        (Subscription.id == sub.id) & (Subscription.next_due_at == sub.next_due_at)
-                    )
-                    .execute()
-                )
-                if not won:
-                    continue
-                due += 1
-                if sub.user.status != "active":
-                    continue
-                run = ensure_run(sub.study, timing.reported_week(latest, sub.timezone))
-                if add_recipients(run, [sub.id]):
-                    touched.setdefault(run.id, []).append(sub.id)
+            try:
+                latest = timing.latest_due(sub.weekday, sub.time, sub.timezone, now)
+                following = timing.next_due(sub.weekday, sub.time, sub.timezone, now)
+                week = timing.reported_week(latest, sub.timezone)
+            except Exception:
+                _poisoned(sub, now, poisoned)
+                continue
+            planned.append((sub, following, week))
+        try:
+            due += _enqueue_many(planned, touched)
+        except Exception:
+            log.exception("scheduling %s subscriptions at once failed; one by one", len(planned))
+            for sub, _following, _week in planned:
+                try:
+                    if _enqueue_one(sub, now, touched):
+                        due += 1
+                except Exception:
+                    _poisoned(sub, now, poisoned)
+        if all(sub.id in poisoned for sub in batch):
+            break
         if len(batch) < limit:
             break
-    for run_id in touched:
-        kick(run_id, now)
-        run = ReportRun.get_by_id(run_id)
-        if run.state == "sending":  # already rendered and sending: add these rows to it
-            dispatch(run_id)
+    for run_id, subscription_ids in touched.items():
+        try:
+            # Only the caller whose conditional UPDATE wins kick's dispatches; a run already
+            # sending gets batches for the rows added here, not for every pending one.
+            if not kick(run_id, now, scheduled=True):
+                run = ReportRun.get_by_id(run_id)
+                if run.state == "sending":
+                    dispatch(run_id, subscription_ids)
+        except Exception:
+            log.exception("report run %s could not be started", run_id)
     recover_stalled(now)
     return due

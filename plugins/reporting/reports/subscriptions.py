@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import marshmallow as ma
 
 from core.db import utcnow
@@ -21,6 +23,17 @@ def _check_time(text: str) -> None:
         timing.parse_time(text)
     except ValueError as error:
         raise ma.ValidationError(str(error)) from None
+
+
+def check_study(text: str | None) -> None:
+    """A study name goes into email headers and file names: no control characters (a
+    newline, NUL, U+2028, a bidi override...)."""
+    if text is not None and any(
+        unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") for c in text
+    ):
+        raise ma.ValidationError(
+            "A study name cannot contain control characters (a newline, a tab, NUL...)."
+        )
 
 
 def _check_zone(text: str) -> None:
@@ -51,7 +64,7 @@ class ReportingSubscriptionNewSchema(ma.Schema):
     study = ma.fields.String(
         load_default=None,
         allow_none=True,
-        validate=ma.validate.Length(min=1, max=STUDY_MAX_LENGTH),
+        validate=[ma.validate.Length(min=1, max=STUDY_MAX_LENGTH), check_study],
         metadata={"description": "One study's report; null (default) for all studies."},
     )
 

@@ -22,11 +22,11 @@ import datetime
 import re
 import zoneinfo
 
-TIME_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+TIME_PATTERN = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")  # fullmatch: ASCII digits only
 
 
 def parse_time(text: str) -> datetime.time:
-    match = TIME_PATTERN.match(text)
+    match = TIME_PATTERN.fullmatch(text) if isinstance(text, str) else None
     if not match:
         raise ValueError("Give the time as HH:MM on a 24-hour clock, e.g. 08:00.")
     return datetime.time(int(match[1]), int(match[2]))
@@ -86,7 +86,7 @@ def reported_week(moment: datetime.datetime, zone_name: str) -> str:
 # daylight-saving change lasts 167 or 169 hours: bounds are built from local dates and only
 # then turned into instants, never by adding 7 x 24 hours to an instant.
 
-_WEEK = re.compile(r"(\d{4})-W(\d{2})")
+_WEEK = re.compile(r"([0-9]{4})-W([0-9]{2})")  # ASCII digits: \d takes any script's
 
 
 def _zone(timezone: str | datetime.tzinfo) -> datetime.tzinfo:
@@ -108,6 +108,11 @@ def parse_week(week: str) -> tuple[int, int]:
             "(weeks 01 to 52, or 53 in a year that has one)"
         )
     return year, number
+
+
+def normalise_week(week: str) -> str:
+    """``week`` checked and written the one way the ledger and runs store it."""
+    return format_week(week_monday(week))
 
 
 def format_week(day: datetime.date) -> str:
