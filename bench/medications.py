@@ -47,7 +47,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -65,6 +63,13 @@ if str(ROOT) not in sys.path:
 import kombu  # noqa: E402
 import psycopg2  # noqa: E402
 import requests  # noqa: E402
+from _common import (  # noqa: E402
+    database_name,
+    drop_database,
+    free_port,
+    maintenance_url,
+    recreate_database,
+)
 
 UTC = datetime.UTC
 SEED = 20261122
@@ -239,36 +244,6 @@ def parse_all(bodies: list[dict]) -> list:
 
 
 # Database ----------------------------------------------------------------------------------
-
-
-def _database_name(url: str) -> str:
-    name = urlsplit(url).path.lstrip("/")
-    # Never the test database or anyone else's: only a database named for this benchmark.
-    if "bench" not in name or "medication" not in name:
-        raise SystemExit(
-            f"refusing to drop database {name!r}: its name must contain 'bench' and 'medication'"
-        )
-    return name
-
-
-def _administer(url: str, *statements: str) -> None:
-    connection = psycopg2.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")))
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-    finally:
-        connection.close()
-
-
-def recreate_database(url: str) -> None:
-    name = _database_name(url)
-    _administer(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-
-
-def drop_database(url: str) -> None:
-    _administer(url, f'DROP DATABASE IF EXISTS "{_database_name(url)}" WITH (FORCE)')
 
 
 def sql(url: str, statement: str, params=None) -> list[tuple]:
@@ -835,12 +810,6 @@ def issue_token(app) -> str:
     return secret
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_for_server(base: str, process: subprocess.Popen, limit: float = 60) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -1034,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     url = options.database_url
-    _database_name(url)
+    database_name(url, "medication")
     suffix = uuid.uuid4().hex[:8]
     exchange, queue_name = f"bench-{suffix}.medications", f"bench-{suffix}.medications.events"
     figures: dict = {
@@ -1081,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         log(f"  {figures['generate_s']} s; {figures['data']}")
 
-        recreate_database(url)
+        recreate_database(url, "medication")
         config = app_config(url, work / "instance", exchange, queue_name)
         figures["migrations"] = upgrade(config, work)
         app = build_app(config)
@@ -1213,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
                 database.close()
         if not options.keep:
             with contextlib.suppress(psycopg2.Error):
-                drop_database(url)
+                drop_database(url, "medication")
         shutil.rmtree(work, ignore_errors=True)
 
     watch.stopping.set()
@@ -1223,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         (figures.get(key) or {}).get("disturbed_by")
         for key in ("publish", "consume_1", "consume_2", "bare", "bare_batch_ack", "periods")
     )
-    figures["machine"] = machine(urlunsplit(urlsplit(url)._replace(path="/postgres")))
+    figures["machine"] = machine(maintenance_url(url))
     if code_digest() != figures["code"]:
         figures["code_changed_during_run"] = True
     figures["goals"] = goals(figures)

@@ -30,14 +30,12 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -45,6 +43,13 @@ if str(ROOT) not in sys.path:
 
 import psycopg2  # noqa: E402
 import requests  # noqa: E402
+from _common import (  # noqa: E402
+    database_name,
+    drop_database,
+    free_port,
+    maintenance_url,
+    recreate_database,
+)
 
 UTC = datetime.UTC
 NOW = datetime.datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # the hospital's fixed "now"
@@ -329,35 +334,6 @@ def generate(folder: Path, n_patients: int, n_tests: int, seed: int = SEED) -> d
 
 
 # Database ----------------------------------------------------------------------------------
-
-
-def _database_name(url: str) -> str:
-    name = urlsplit(url).path.lstrip("/")
-    # Never the test database or anyone else's: only a database named for benchmarks.
-    if "bench" not in name or name == "caredeck_test":
-        raise SystemExit(f"refusing to drop database {name!r}: its name must contain 'bench'")
-    return name
-
-
-def _administer(url: str, *statements: str) -> None:
-    """Run statements on the server's maintenance database (outside any transaction)."""
-    connection = psycopg2.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")))
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-    finally:
-        connection.close()
-
-
-def recreate_database(url: str) -> None:
-    name = _database_name(url)
-    _administer(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-
-
-def drop_database(url: str) -> None:
-    _administer(url, f'DROP DATABASE IF EXISTS "{_database_name(url)}" WITH (FORCE)')
 
 
 def copy_baseline(url: str, folder: Path, files: dict[str, list[str]]) -> dict:
@@ -648,12 +624,6 @@ def plan_times(plan: list[str]) -> dict:
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def issue_token(config: dict[str, str]) -> str:
     from core.auth.models import ApiToken, User
     from core.db import database
@@ -849,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     url = options.database_url
-    _database_name(url)
+    database_name(url)
     figures: dict = {
         "benchmark": "monitoring",
         "date": datetime.datetime.now(UTC).isoformat(timespec="seconds"),
@@ -957,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
                 drop_database(url)
         shutil.rmtree(work, ignore_errors=True)
 
-    figures["machine"] = machine(urlunsplit(urlsplit(url)._replace(path="/postgres")))
+    figures["machine"] = machine(maintenance_url(url))
     if code_digest() != figures["plugin_code"]:
         figures["plugin_code_changed_during_run"] = True
     figures["goals"] = goals(figures)

@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import reporting_render  # noqa: E402 (the week's documents, as the render benchmark makes them)
+from _common import database_name, free_port, recreate_database  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/caredeck_bench_reporting"
 REDIS_URL = "redis://127.0.0.1:6379/9"
@@ -53,12 +53,6 @@ RUN_LIMIT_S = 900
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def sink(port: int, accepted, first, last, ready) -> None:
@@ -99,25 +93,6 @@ def postgresql_cpu() -> float:
             except OSError:
                 continue
     return total
-
-
-def database_name(url: str) -> str:
-    name = url.rsplit("/", 1)[-1]
-    if "bench" not in name:
-        raise SystemExit(f"refusing to drop {name!r}: the database's name must contain 'bench'")
-    return name
-
-
-def recreate_database(url: str) -> None:
-    import psycopg2
-
-    name = database_name(url)
-    admin = psycopg2.connect(url.rsplit("/", 1)[0] + "/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
 
 
 def settings(url: str, work: Path, smtp_port: int) -> dict[str, str]:
