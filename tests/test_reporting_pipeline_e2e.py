@@ -14,7 +14,8 @@ from pypdf import PdfReader
 from core.db import utcnow
 from core.testing import reset_postgresql, service_url
 from plugins.reporting import plugin as reporting
-from plugins.reporting.reports import timing
+from plugins.reporting.reports import api as reports_api
+from plugins.reporting.reports import pipeline, timing
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ def wait_for_run(admin, run_id, timeout=120):
 
 
 def test_upload_subscribe_run_the_week_three_emails_then_nothing(
-    app, client_for, users, smtp_sink, worker
+    app, client_for, users, smtp_sink, worker, monkeypatch
 ):
     nurse = client_for("nurse")
     for n in range(3):
@@ -105,7 +106,11 @@ def test_upload_subscribe_run_the_week_three_emails_then_nothing(
         )
         assert answer.status_code == 201
 
-    week = timing.format_week(utcnow().date())
+    week = timing.week_of(utcnow(), app.config["TIMEZONE"])
+    # The documents went in this week; the admin runs it once it has ended.
+    with app.app_context():
+        ended = pipeline.week_end(week) + pipeline.WEEK_END_GRACE
+    monkeypatch.setattr(reports_api, "utcnow", lambda: ended)
     admin = client_for("admin")
     (run,) = admin.post("/api/report-runs", json={"week": week}).json
     done = wait_for_run(admin, run["id"])

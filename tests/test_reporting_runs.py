@@ -3,14 +3,14 @@
 from pathlib import Path
 
 import pytest
+import reporting_fakes as fakes
 
 from core.db import database
 from core.testing import run_jobs
 from plugins.reporting import plugin as reporting
 from plugins.reporting.reports import subscriptions
-from plugins.reporting.reports import testing as fakes
 
-WEEK = "2026-W47"
+WEEK = "2026-W45"  # a week that has ended: only a dry run may cover one under way
 
 
 @pytest.fixture
@@ -19,8 +19,8 @@ def caredeck_plugins():
 
 
 @pytest.fixture
-def fake(monkeypatch, tmp_path):
-    return fakes.install(monkeypatch, tmp_path / "fake-store")
+def fake(monkeypatch):
+    return fakes.install(monkeypatch)
 
 
 @pytest.fixture
@@ -66,6 +66,25 @@ def test_the_week_is_validated(client_for, week):
     assert answer.status_code == 422 and "week" in answer.json["errors"]["json"]
 
 
+def test_a_week_under_way_is_only_previewed(app, client_for, subscribed, fake):
+    from core.db import utcnow
+    from plugins.reporting.reports import timing
+    from plugins.reporting.reports.models import ReportRun
+
+    admin = client_for("admin")
+    this_week = timing.week_of(utcnow(), app.config["TIMEZONE"])
+    answer = admin.post("/api/report-runs", json={"week": this_week})
+    assert answer.status_code == 422
+    (message,) = answer.json["errors"]["json"]["week"]
+    assert message.startswith(f"{this_week} has not ended yet") and "dry_run" in message
+    with database.connection_context():
+        assert ReportRun.select().count() == 0
+    (dry,) = admin.post("/api/report-runs", json={"week": this_week, "dry_run": True}).json
+    assert dry["dry_run"] is True
+    run_jobs(app)
+    assert emails(app) == []
+
+
 def test_a_dry_run_renders_and_counts_but_sends_nothing(app, client_for, subscribed, fake):
     admin = client_for("admin")
     (dry,) = admin.post("/api/report-runs", json={"week": WEEK, "dry_run": True}).json
@@ -89,10 +108,10 @@ def test_a_dry_run_renders_and_counts_but_sends_nothing(app, client_for, subscri
 
 def test_list_filter_and_one(app, client_for, subscribed, fake):
     admin = client_for("admin")
-    admin.post("/api/report-runs", json={"week": "2026-W46"})
+    admin.post("/api/report-runs", json={"week": "2026-W44"})
     admin.post("/api/report-runs", json={"week": WEEK, "study": "ONCO-7", "dry_run": True})
     listed = admin.get("/api/report-runs")
-    assert [r["week"] for r in listed.json] == [WEEK, "2026-W46"]
+    assert [r["week"] for r in listed.json] == [WEEK, "2026-W44"]
     assert "X-Pagination" in listed.headers
     assert [r["study"] for r in admin.get(f"/api/report-runs?week={WEEK}").json] == ["ONCO-7"]
     assert admin.get("/api/report-runs?state=succeeded").json == []
@@ -133,8 +152,8 @@ def test_the_pdf_download_names_any_study_safely(app, client_for, users, fake):
     answer = admin.get(f"/api/report-runs/{run['id']}/pdf")
     assert answer.status_code == 200
     assert answer.headers["Content-Disposition"] == (
-        'attachment; filename="caredeck-report-2026-W47-_-study _q_.pdf"; '
-        "filename*=UTF-8''caredeck-report-2026-W47-%CE%B1-study%20%22q%22.pdf"
+        'attachment; filename="caredeck-report-2026-W45-_-study _q_.pdf"; '
+        "filename*=UTF-8''caredeck-report-2026-W45-%CE%B1-study%20%22q%22.pdf"
     )
     answer.close()  # done with the streamed body
     with database.connection_context():  # a study stored before names were checked
@@ -143,7 +162,7 @@ def test_the_pdf_download_names_any_study_safely(app, client_for, users, fake):
     assert answer.status_code == 200
     assert "\n" not in answer.headers["Content-Disposition"]
     assert (
-        "filename*=UTF-8''caredeck-report-2026-W47-A%0AB.pdf"
+        "filename*=UTF-8''caredeck-report-2026-W45-A%0AB.pdf"
         in (answer.headers["Content-Disposition"])
     )
     answer.close()

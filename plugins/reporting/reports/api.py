@@ -11,6 +11,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from core.auth import STAFF, allow, current_user
+from core.db import utcnow
 from plugins.reporting.reports import pipeline, subscriptions, timing
 from plugins.reporting.reports.models import (
     ALL_STUDIES,
@@ -134,6 +135,21 @@ class ReportingRunNewSchema(ma.Schema):
             "Leave it out for every scope that has subscribers."
         },
     )
+
+    @ma.validates_schema
+    def _week_has_ended(self, data, **kwargs):
+        # A real run marks each recipient's week as delivered, so a week still under way
+        # would be reported partly and never again in full. A dry run may preview it.
+        week = data.get("week")
+        if week is None or data.get("dry_run") or pipeline.week_complete(week, utcnow()):
+            return
+        ends = pipeline.week_end(week) + pipeline.WEEK_END_GRACE
+        raise ma.ValidationError(
+            f"{week} has not ended yet: it can be sent from {ends.isoformat()} (the week's "
+            "end in the hospital's time zone, plus a grace for late uploads). Use "
+            '"dry_run": true to preview it now.',
+            "week",
+        )
 
     @ma.post_load
     def _normalise(self, data, **kwargs):

@@ -175,10 +175,14 @@ def add_all_recipients(run: ReportRun) -> int:
     return len(insert_all_recipients(run))
 
 
+def week_end(week: str) -> datetime.datetime:
+    """When ``week`` ends in the hospital's zone (an aware UTC datetime)."""
+    return timing.week_bounds(week, current_app.config["TIMEZONE"])[1]
+
+
 def week_complete(week: str, now: datetime.datetime) -> bool:
     """Whether ``week`` has ended in the hospital's zone (plus the grace) by ``now``."""
-    end = timing.week_bounds(week, current_app.config["TIMEZONE"])[1]
-    return now >= end + WEEK_END_GRACE
+    return now >= week_end(week) + WEEK_END_GRACE
 
 
 def kick(run_id: int, now: datetime.datetime | None = None, *, scheduled: bool = False) -> bool:
