@@ -9,8 +9,9 @@ pixel is decoded, and whatever Pillow raises on a broken file makes the image "u
 Memory: an image is decoded by at most ``DECODE_SLOTS`` threads at once, whatever the number
 of threads reading files (``render.WORKERS``); a JPEG is decoded at up to 1/8 scale
 (``Image.draft``), and every decoded image is shrunk at once to at most ``WORK_SIZE`` pixels
-on its longer side, without a full-size copy: the hash and the thumbnail are made from that.
-So one decode holds at most ``MAX_PIXELS`` x 4 bytes (RGBA) plus the file's bytes.
+on its longer side: the hash and the thumbnail are made from that. So one decode holds at
+most ``MAX_PIXELS`` x 4 bytes (RGBA), plus one byte a pixel while an image with alpha is
+shrunk, plus the file's bytes.
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def _decode(image: Image.Image, width: int, height: int, thumbnail: bool) -> Ima
 
 
 def shrink(image: Image.Image, size: int) -> Image.Image:
-    """``image`` with its longer side at most ``size`` (box-averaged), as a new small image;
-    the only full-size copy made is for palette and 1-bit images (1 to 4 bytes a pixel)."""
+    """``image`` with its longer side at most ``size`` (box-averaged), as a new small image
+    (without its alpha channel when it had to be shrunk); the only full-size copies made are
+    for palette and 1-bit images (1 to 4 bytes a pixel) and one band of an image with alpha."""
     if image.mode in ("1", "P", "PA"):  # averaging palette indices means nothing
         if image.mode == "1":
             image = image.convert("L")
@@ -145,9 +147,12 @@ def shrink(image: Image.Image, size: int) -> Image.Image:
         max(1, round(image.size[1] * size / longer)),
     )
     if image.mode in ("LA", "RGBA"):
-        # Image.resize first converts these to premultiplied alpha, a full-size copy; the
-        # hash and the thumbnail drop the alpha anyway, so resample the channels as they are.
-        return image._new(image.im.resize(target, Image.Resampling.BOX, (0, 0, *image.size)))
+        # Image.resize first converts these to premultiplied alpha, a full-size copy of 4
+        # bytes a pixel. The hash and the thumbnail drop the alpha anyway, so the colour
+        # channels are resampled one at a time: a full-size copy of one byte a pixel.
+        colour = image.mode[:-1]
+        bands = [image.getchannel(band).resize(target, Image.Resampling.BOX) for band in colour]
+        return Image.merge(colour, bands)
     return image.resize(target, Image.Resampling.BOX)
 
 
