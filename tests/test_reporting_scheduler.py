@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+import reporting_fakes as fakes
 
 from core import plugins
 from core.auth.models import User
@@ -21,7 +22,6 @@ from core.scheduler import Schedule, Scheduler, collect
 from core.testing import ROLE_PASSWORD, run_jobs
 from plugins.reporting import plugin as reporting
 from plugins.reporting.reports import pipeline, subscriptions
-from plugins.reporting.reports import testing as fakes
 from plugins.reporting.reports.models import Delivery, ReportRun, Subscription
 
 UTC = datetime.UTC
@@ -35,8 +35,8 @@ def caredeck_plugins():
 
 
 @pytest.fixture
-def fake(monkeypatch, tmp_path):
-    return fakes.install(monkeypatch, tmp_path / "fake-store")
+def fake(monkeypatch):
+    return fakes.install(monkeypatch)
 
 
 def subscribe_many(count, weekday="monday", zone="Europe/Berlin", due=True):
@@ -130,7 +130,7 @@ def test_due_subscriptions_are_enqueued_once_and_move_to_next_week(app, fake):
     run_jobs(app)
     with database.connection_context():
         assert Delivery.select().where(Delivery.state == "sent").count() == 4
-    renderer, _ = fake
+    renderer = fake
     assert renderer.calls == [(None, "2026-W47")]
 
 
@@ -239,7 +239,7 @@ def test_a_week_is_rendered_only_once_it_has_ended_in_the_hospitals_zone(app, fa
     # over, the hospital's (TIMEZONE, UTC here) has 14 hours to go.
     subs = subscribe_many(1, zone="Pacific/Kiritimati", due=False)
     sunday = datetime.datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-    renderer, _ = fake
+    renderer = fake
     with app.app_context(), database.connection_context():
         assert app.config["TIMEZONE"] == "UTC"
         Subscription.update(next_due_at=sunday, time="00:00").where(
