@@ -254,8 +254,10 @@ class ReportRuns(MethodView):
         all-studies report): the run of that scope and week is created if there is none,
         every active subscriber of the scope is added to its ledger, and its jobs are
         queued. A subscriber who already received that week's report is not sent it again,
-        so running a week twice sends nothing more. `dry_run` renders the report and counts
-        the recipients without sending (a new dry run each time).
+        so running a week twice sends nothing more. A week that has not ended yet (in the
+        hospital's time zone, plus a grace for late uploads) is refused with a 422 naming
+        `week`. `dry_run` renders the report and counts the recipients without sending (a
+        new dry run each time, of any week).
         """
         week, dry = data["week"], data["dry_run"]
         if "study" in data:
