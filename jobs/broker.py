@@ -138,13 +138,14 @@ class JobQueue:
         prefix = self.broker.namespace + ":"
         try:
             pipe = client.pipeline(transaction=False)
+            pipe.ping()  # so that Redis is asked even when no actor declares a queue
             for name in queues:
                 # Layout: dramatiq/brokers/redis/dispatch.lua. A message stays in its
                 # queue's ".msgs" hash from enqueue until acknowledged.
                 pipe.hlen(f"{prefix}{name}.msgs")
                 pipe.hlen(f"{prefix}{dq_name(name)}.msgs")
                 pipe.zcard(f"{prefix}{xq_name(name)}")
-            counts = iter(pipe.execute())
+            counts = iter(pipe.execute()[1:])
         finally:
             client.close()
         return {
