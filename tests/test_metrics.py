@@ -24,7 +24,7 @@ import jobs
 from core import messaging, metrics
 from core.config import ConfigError
 from core.db import database
-from core.messaging import QueueConsumer
+from core.messaging import QueueConsumer, Reject
 from core.scheduler import Schedule, Scheduler
 from core.testing import service_url
 from plugins.monitoring import plugin as monitoring
@@ -236,10 +236,17 @@ def test_queue_depths_count_what_is_on_a_real_redis_broker(make_app):
 def _bus_plugin(suffix: str, stored: list):
     exchange = kombu.Exchange(f"labs{suffix}", type="direct", durable=True)
     queue = kombu.Queue(f"labs.results{suffix}", exchange, routing_key="r", durable=True)
-    dead = kombu.Queue(f"labs.results{suffix}.dead", kombu.Exchange(f"labs{suffix}.dead"))
-    consumer = QueueConsumer(queue, stored.extend, dead_letter_queue=dead)
+    dead_exchange = kombu.Exchange(f"labs{suffix}.dead", type="fanout")
+    dead = kombu.Queue(f"labs.results{suffix}.dead", dead_exchange)
+    consumer = QueueConsumer(queue, stored.extend, parse=_parse, dead_letter_queue=dead)
     plugin = labs(caredeck_consumers=lambda: [consumer])
     return plugin, exchange, queue
+
+
+def _parse(body, message):
+    if "n" not in body:
+        raise Reject("a result without a number")
+    return body
 
 
 def test_message_bus_depths_and_consumed_messages_on_the_memory_bus(make_app):
@@ -248,17 +255,24 @@ def test_message_bus_depths_and_consumed_messages_on_the_memory_bus(make_app):
     plugin, exchange, queue = _bus_plugin(suffix, stored)
     app = make_app(plugins={"labs": plugin}, METRICS_TOKEN=TOKEN)
     before = samples(scrape(app))
-    messaging.publish(app, [("r", {"n": 1}), ("r", {"n": 2})], exchange=exchange, declare=[queue])
+    bodies = [("r", {"n": 1}), ("r", {"odd": True}), ("r", {"n": 2})]
+    messaging.publish(app, bodies, exchange=exchange, declare=[queue])
     found = samples(scrape(app))
     depth = "caredeck_queue_messages"
-    assert value(found, depth, backend="message_bus", queue=queue.name) == 2
+    assert value(found, depth, backend="message_bus", queue=queue.name) == 3
     assert value(found, "caredeck_backend_up", backend="message_bus") == 1
     consume_everything(app)
     assert stored == [{"n": 1}, {"n": 2}]
     after = samples(scrape(app))
     assert value(after, depth, backend="message_bus", queue=queue.name) == 0
-    name, labels = "caredeck_consumer_messages_total", {"queue": queue.name, "outcome": "stored"}
-    assert (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0) == 2
+    assert value(after, depth, backend="message_bus", queue=f"{queue.name}.dead") == 1
+
+    def delta(**labels):
+        name = "caredeck_consumer_messages_total"
+        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+    assert delta(queue=queue.name, outcome="stored") == 2
+    assert delta(queue=queue.name, outcome="dead_lettered") == 1
 
 
 @pytest.mark.integration
@@ -532,3 +546,33 @@ def test_gunicorn_workers_add_up_in_one_scrape_and_a_dead_workers_counts_stay(tm
             server.wait()
         log.close()
     assert not list(folder.glob("*.db")), "gunicorn leaves its samples behind"
+
+
+# The deployment files agree ---------------------------------------------------------------
+
+
+def test_every_long_running_role_is_annotated_for_scraping_on_the_port_it_serves():
+    import yaml
+    from test_deploy import COMPOSE, K8S_BASE, ROLES, containers, find, render
+
+    objects = render(K8S_BASE)
+    config = find(objects, "ConfigMap", "caredeck-config")["data"]
+    metrics_port = config["CAREDECK_METRICS_PORT"]
+    for role in ROLES:
+        deployment = find(objects, "Deployment", f"caredeck-{role}")
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", role
+        assert annotations["prometheus.io/path"] == metrics.PATH, role
+        (container,) = containers(deployment)
+        ports = {port["containerPort"] for port in container["ports"]}
+        assert int(annotations["prometheus.io/port"]) in ports, role
+        if container["command"][0] == "caredeck":  # the roles without HTTP
+            assert annotations["prometheus.io/port"] == metrics_port, role
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert compose["x-caredeck-environment"]["CAREDECK_METRICS_PORT"] == metrics_port
+    assert compose["x-caredeck-environment"]["CAREDECK_METRICS_TOKEN"] == (
+        "${CAREDECK_METRICS_TOKEN:-}"  # no default token: not served until one is set
+    )
+    for role in ("worker", "consumer", "scheduler"):
+        assert compose["services"][role]["expose"] == [metrics_port], role
+        assert "ports" not in compose["services"][role], role  # not on the host
