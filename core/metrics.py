@@ -24,7 +24,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from flask import Flask, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
@@ -147,21 +149,29 @@ def not_found(environ, start_response):
     return [b"Not found.\n"]
 
 
-def serve(app: Flask, port: int):
-    """Serve this process's metrics on ``port`` (all interfaces) from a background thread,
-    for the roles that serve no HTTP (worker, consumer, scheduler). Returns the server
-    (``close()`` stops it; ``effective_port`` is the port, useful with port 0)."""
-    import waitress.server
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process open
 
-    server = waitress.server.create_server(
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's signature)
+        pass  # a line per scrape would drown the role's own log
+
+
+def serve(app: Flask, port: int) -> _Server:
+    """Serve this process's metrics on ``port`` (all interfaces) from a background thread,
+    for the roles that serve no HTTP (worker, consumer, scheduler): the standard library's
+    WSGI server, as prometheus_client's own ``start_http_server`` uses. Returns the server:
+    ``server_port`` is the port (useful with 0), ``shutdown()`` stops it."""
+    server = make_server(
+        "0.0.0.0",  # noqa: S104 (inside a container; scraped over the pod network)
+        port,
         Endpoint(app, not_found, scrape=False),
-        host="0.0.0.0",  # noqa: S104 (inside a container; scraped over the pod network)
-        port=port,
-        threads=2,
-        ident="caredeck-metrics",
+        server_class=_Server,
+        handler_class=_Quiet,
     )
-    threading.Thread(target=server.run, name="caredeck-metrics", daemon=True).start()
-    log.info("metrics served on port %s at %s", server.effective_port, PATH)
+    threading.Thread(target=server.serve_forever, name="caredeck-metrics", daemon=True).start()
+    log.info("metrics served on port %d at %s", server.server_port, PATH)
     return server
 
 

@@ -426,7 +426,7 @@ def test_the_process_endpoint_serves_its_own_metrics_with_the_same_token(make_ap
     app = make_app(METRICS_TOKEN=TOKEN)
     Scheduler(app, [Schedule("labs.tick", datetime.timedelta(seconds=1), lambda: 1)]).run_due()
     server = metrics.serve(app, 0)
-    base = f"http://127.0.0.1:{server.effective_port}"
+    base = f"http://127.0.0.1:{server.server_port}"
     try:
         request = urllib.request.Request(f"{base}/metrics", headers=AUTH)
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
@@ -447,7 +447,8 @@ def test_the_process_endpoint_serves_its_own_metrics_with_the_same_token(make_ap
                 )
             assert refused.value.code == status, path
     finally:
-        server.close()
+        server.shutdown()
+        server.server_close()
 
 
 # gunicorn: several processes, one set of metrics ------------------------------------------
