@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import core
 from core import api as api_module
-from core import audit, dashboard, db, health, patients, plugins, requestlog
+from core import audit, dashboard, db, health, metrics, patients, plugins, requestlog
 from core.auth import access, limits, users_api
 from core.auth import api as auth_api
 from core.auth import views as auth_views
@@ -65,6 +65,7 @@ class Caredeck:
     chart_sections: dict[str, ChartSection] = field(default_factory=dict)
     consumers: list[QueueConsumer] = field(default_factory=list)
     patient_facts: list[PatientFacts] = field(default_factory=list)
+    metrics: dict[str, list[Any]] = field(default_factory=dict)  # collectors, by plugin
 
 
 def create_app(
@@ -108,6 +109,7 @@ def create_app(
         proxies = settings["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     requestlog.init_app(app)  # first, so that every response carries a request id
+    metrics.init_app(app)
     db.init_app(app)
     access.init_app(app)
     audit.init_app(app)
@@ -283,6 +285,16 @@ def _register_plugins(app: flask.Flask, state: Caredeck) -> None:
             )
             claim("queue consumer", plugin, f"{plugin}:{consumer.queue.name}", separator=":")
             state.consumers.append(consumer)
+
+    for plugin, collectors in call("caredeck_metrics").items():
+        for collector in collectors:
+            if not callable(getattr(collector, "collect", None)):
+                raise plugins.PluginError(
+                    f"Plugin {plugin!r}: caredeck_metrics must return Prometheus collectors "
+                    f"(objects with a collect() method), got {collector!r}."
+                )
+        state.metrics[plugin] = collectors
+        state.plugins[plugin].registered["metrics"] = [type(c).__name__ for c in collectors]
 
     for plugin, commands in call("caredeck_cli_commands").items():
         for command in commands:

@@ -14,7 +14,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, NoAppException, routes_command, shell_command, with_appcontext
 
-from core import db, messaging, plugins
+from core import db, messaging, metrics, plugins
 from core import scheduler as scheduling
 from core.auth import passwords
 from core.auth.access import ROLES
@@ -284,6 +284,20 @@ def _load_demo(app) -> None:
 # Workers -----------------------------------------------------------------------------------
 
 
+def _serve_metrics() -> None:
+    """The process's own /metrics on CAREDECK_METRICS_PORT (roles that serve no HTTP)."""
+    port = current_app.config["METRICS_PORT"]
+    if not port:
+        return
+    if not current_app.config["METRICS_TOKEN"]:
+        click.echo(
+            "CAREDECK_METRICS_PORT is set but CAREDECK_METRICS_TOKEN is not: /metrics will "
+            "answer 404 until a token is set.",
+            err=True,
+        )
+    metrics.serve(current_app._get_current_object(), port)
+
+
 def _until_stopped(stop) -> None:
     """Block until SIGINT or SIGTERM, then call ``stop``."""
     stopping = threading.Event()
@@ -307,6 +321,7 @@ def worker(threads: int, queues: tuple[str, ...]):
         )
     running = jobs.worker(threads, queues)
     running.start()
+    _serve_metrics()
     click.echo(f"Worker running {len(jobs.actors)} actor(s) with {threads} thread(s).")
     _until_stopped(running.stop)
 
@@ -332,6 +347,7 @@ def consume(heartbeat_file):
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: setattr(consumer, "should_stop", True))
+    _serve_metrics()
     names = ", ".join(entry.queue.name for entry in state.consumers)
     click.echo(f"Consuming {names} from {redact(current_app.config['AMQP_URL'])}")
     consumer.run()
@@ -360,6 +376,7 @@ def scheduler(interval: float, once: bool):
         return
     names = ", ".join(s.name for s in running.schedules) or "nothing (no plugin registers a task)"
     click.echo(f"Scheduler running {names}.")
+    _serve_metrics()
     thread = threading.Thread(target=running.run_forever, name="caredeck-scheduler")
     thread.start()
     _until_stopped(running.stop)

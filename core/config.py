@@ -110,6 +110,14 @@ def secret_key(text: str) -> str:
     return text
 
 
+def metrics_token(text: str) -> str:
+    """Empty (metrics off) or a random value long enough not to be guessed."""
+    text = text.strip()
+    if text and len(text) < 32:
+        raise ValueError("must be empty (no /metrics) or at least 32 characters long")
+    return text
+
+
 SERVER_DATABASES = ("postgresql", "postgres", "postgresql+pool", "postgres+pool")
 
 CORE_SETTINGS: tuple[Setting, ...] = (
@@ -192,6 +200,21 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         boolean,
         "Send the session cookie over HTTPS only (browsers also accept it on 127.0.0.1 and "
         "localhost); set false only for a plain-HTTP test installation.",
+    ),
+    Setting(
+        "METRICS_TOKEN",
+        "",
+        metrics_token,
+        "Bearer token a Prometheus scraper must present for /metrics; empty (default): "
+        "/metrics is not served (404).",
+        secret=True,
+    ),
+    Setting(
+        "METRICS_PORT",
+        "0",
+        integer(minimum=0),
+        "Port on which `caredeck worker`, `consume` and `scheduler` serve /metrics (same "
+        "token); 0 (default): not served. The web app serves /metrics on its own port.",
     ),
 )
 

@@ -133,6 +133,20 @@ def caredeck_schedules(app):
 
 
 @hookspec
+def caredeck_metrics(app):
+    """Return Prometheus collectors: objects whose ``collect()`` returns metric families
+    (``prometheus_client.core.GaugeMetricFamily``, ``CounterMetricFamily``, ...).
+
+    ``collect()`` runs at each scrape of the web app's ``/metrics``, inside an app context
+    with a database connection, beside the other plugins' and within the scrape's time
+    limit (2 s). Read what is already recorded (a count, the newest row); keep it to a few
+    indexed queries. Name every metric ``caredeck_<plugin>_*``; label values must never
+    carry patient data. A collector that raises, is too slow, or names a metric otherwise
+    is left out of that scrape, and ``caredeck_plugin_metrics_up{plugin="<plugin>"}`` is 0.
+    """
+
+
+@hookspec
 def caredeck_cli_commands(app):
     """Return click commands (or groups) to add to the ``caredeck`` command line."""
 

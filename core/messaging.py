@@ -26,6 +26,7 @@ from kombu.mixins import ConsumerMixin
 
 from core.db import database
 from core.heartbeat import Heartbeat
+from core.metrics import CONSUMER_MESSAGES
 
 log = logging.getLogger("caredeck.messaging")
 
@@ -378,6 +379,7 @@ class Consumer(ConsumerMixin):
         else:
             self.acknowledge([message for message, _ in entries])
             self.stored += len(entries)
+            CONSUMER_MESSAGES.labels(entry.queue.name, "stored").inc(len(entries))
 
     def acknowledge(self, messages: Sequence[kombu.Message]) -> None:
         """Acknowledge ``messages``: with one ``basic.ack`` (``multiple``: every message up to
@@ -407,6 +409,7 @@ class Consumer(ConsumerMixin):
         if target is None:
             self.settled(message).reject(requeue=False)
             self.dead_lettered += 1
+            CONSUMER_MESSAGES.labels(entry.queue.name, "dead_lettered").inc()
             return
         # Republishing (rather than reject) is how the reason travels with the message:
         # RabbitMQ's own dead-lettering adds no header of ours.
@@ -430,6 +433,7 @@ class Consumer(ConsumerMixin):
             return
         self.settled(message).ack()
         self.dead_lettered += 1
+        CONSUMER_MESSAGES.labels(entry.queue.name, "dead_lettered").inc()
 
     def _close_dead_letters(self) -> None:
         if self.dead_letters is not None:
@@ -444,6 +448,33 @@ def _database_at_fault(error: Exception) -> bool:
     if isinstance(error, (peewee.IntegrityError, peewee.DataError)):
         return False
     return isinstance(error, (peewee.DatabaseError, peewee.InterfaceError))
+
+
+def queue_depths(app, consumers: Iterable[QueueConsumer], timeout: float) -> dict[str, int]:
+    """Messages waiting in each consumer's queue and dead-letter queue, by queue name.
+
+    A passive declare asks the broker for a queue's message count without creating it: on
+    RabbitMQ the ready messages (not those delivered and awaiting acknowledgement); on the
+    embedded buses what this process can see (``memory://``: this process's own queues;
+    ``filesystem://``: the files in the folder). A queue not declared yet is left out.
+    """
+    queues = {}
+    for entry in consumers:
+        for queue in (entry.queue, entry.dead_letter_queue):
+            if queue is not None:
+                queues.setdefault(queue.name, queue)
+    found: dict[str, int] = {}
+    with connection(app).clone(connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        for name, queue in sorted(queues.items()):
+            channel = conn.channel()
+            try:
+                found[name] = queue.bind(channel).queue_declare(passive=True).message_count
+            except conn.channel_errors:
+                pass  # not declared yet (the broker closed this channel)
+            finally:
+                channel.close()
+    return found
 
 
 def start_embedded_consumer(app, consumers: list[QueueConsumer]) -> Consumer | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from core import plugins
 from core.db import database
+from core.metrics import SCHEDULED_RUNS
 
 log = logging.getLogger("caredeck.scheduler")
 
@@ -87,10 +88,12 @@ class Scheduler:
         try:
             with self.app.app_context(), database.connection_context():
                 schedule.run()
-            return True
         except Exception:
             log.exception("scheduled task %s failed; it runs again in %s", *_shown(schedule))
+            SCHEDULED_RUNS.labels(schedule.name, "failure").inc()
             return False
+        SCHEDULED_RUNS.labels(schedule.name, "success").inc()
+        return True
 
     def run_forever(self) -> None:
         log.info("scheduler running %s", ", ".join(s.name for s in self.schedules) or "nothing")

@@ -5,7 +5,7 @@ from pathlib import Path
 from core.config import Setting
 from core.dashboard import ChartSection, NavItem
 from core.hookspecs import hookimpl
-from plugins.monitoring import api, cli, ingest, views
+from plugins.monitoring import api, cli, ingest, metrics, views
 from plugins.monitoring.formats import parse_aliases
 from plugins.monitoring.models import MODELS
 
@@ -63,6 +63,11 @@ def caredeck_navigation():
 @hookimpl
 def caredeck_chart_sections():
     return [ChartSection("monitoring", "Admissions and labs", views.chart_section, order=20)]
+
+
+@hookimpl
+def caredeck_metrics():
+    return [metrics.IngestMetrics()]
 
 
 @hookimpl

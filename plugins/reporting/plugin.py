@@ -2,8 +2,8 @@
 
 The plugin has two parts, each a package that lists what it registers in module-level
 names (``SETTINGS``, ``MODELS``, ``API_BLUEPRINTS``, ``PAGE_BLUEPRINTS``, ``NAVIGATION``,
-``ACTORS``, ``SCHEDULES``, ``CLI_COMMANDS``): the documents store, and the weekly reports,
-which read the documents but are never read by them.
+``ACTORS``, ``SCHEDULES``, ``CLI_COMMANDS``, ``METRICS``): the documents store, and the
+weekly reports, which read the documents but are never read by them.
 """
 
 from pathlib import Path
@@ -57,6 +57,11 @@ def caredeck_actors():
 @hookimpl
 def caredeck_schedules():
     return _gather("SCHEDULES")
+
+
+@hookimpl
+def caredeck_metrics():
+    return _gather("METRICS")
 
 
 @hookimpl

@@ -63,6 +63,7 @@ from core.auth import STAFF  # noqa: E402
 from core.dashboard import NavItem  # noqa: E402
 from core.scheduler import Schedule  # noqa: E402
 from plugins.reporting.reports import api, pipeline, views  # noqa: E402
+from plugins.reporting.reports.metrics import LedgerMetrics  # noqa: E402
 from plugins.reporting.reports.models import MODELS as _MODELS  # noqa: E402
 
 MODELS: list = list(_MODELS)
@@ -84,3 +85,4 @@ SCHEDULES: list = [
     Schedule("reporting.due_reports", datetime.timedelta(seconds=30), pipeline.enqueue_due)
 ]
 CLI_COMMANDS: list = []
+METRICS: list = [LedgerMetrics()]
