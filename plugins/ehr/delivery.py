@@ -315,6 +315,9 @@ def attempt(delivery_id: int) -> str:
         if error.result.retryable:
             return _retry_or_fail(item, claim, message)
         return _fail(item, claim, message + "; nothing was sent.")
+    except Exception as error:  # a bug in the connector: recorded and retried, then failed
+        log.exception("connector %s failed looking up a patient", item.connector)
+        return _retry_or_fail(item, claim, f"The {item.connector} connector failed: {error!r}")
     patient = Patient.get_or_none(Patient.mrn == item.mrn)
     problem = (
         f"patient {item.mrn} is not in the registry"
@@ -338,13 +341,17 @@ def attempt(delivery_id: int) -> str:
             "EHR link, then retry.",
         )
 
-    result = connector.send(
-        organization,
-        item.endpoint,
-        item.payload,
-        ehr_patient_id=link.ehr_patient_id,
-        idempotency_key=item.idempotency_key,
-    )
+    try:
+        result = connector.send(
+            organization,
+            item.endpoint,
+            item.payload,
+            ehr_patient_id=link.ehr_patient_id,
+            idempotency_key=item.idempotency_key,
+        )
+    except Exception as error:  # a bug in the connector (the key makes a resend safe)
+        log.exception("connector %s failed sending delivery %s", item.connector, item.id)
+        return _retry_or_fail(item, claim, f"The {item.connector} connector failed: {error!r}")
     if result.ok:
         _finish(
             item,
