@@ -178,11 +178,11 @@ def enqueue_next(mrn: str, organization_id: int) -> Delivery | None:
 
 
 @jobs.actor("ehr.deliver", time_limit=TIME_LIMIT, max_retries=0)
-def deliver(delivery_id: int) -> str:
+def deliver(delivery_id: int) -> None:
     """Send one delivery (its retries are scheduled by the job itself, recorded on the row,
-    so Dramatiq's own retries are off). Safe to run twice and concurrently. Returns what
-    happened, for the logs and tests."""
-    return attempt(delivery_id)
+    so Dramatiq's own retries are off). Safe to run twice and concurrently."""
+    # Nothing returned: Dramatiq warns about every return value without a results backend.
+    log.debug("delivery %s: %s", delivery_id, attempt(delivery_id))
 
 
 def _settings() -> tuple[int, int]:
@@ -275,7 +275,8 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
 
 
 def attempt(delivery_id: int) -> str:
-    """One attempt at a delivery (the body of ``ehr.deliver``)."""
+    """One attempt at a delivery (the body of ``ehr.deliver``); what happened, in a word or
+    a few (``sent``, ``retrying``, ``failed``, ``waiting for delivery 7``, ...)."""
     item = Delivery.get_or_none(Delivery.id == delivery_id)
     if item is None:
         return "missing"
