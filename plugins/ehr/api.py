@@ -93,8 +93,18 @@ def _deliveries(items: list[Delivery]) -> list[Delivery]:
     return items
 
 
-def _submission_out(submission) -> dict:
-    items = _deliveries(sorted(submission.deliveries, key=lambda item: item.sequence))
+def _submissions_out(submissions: list) -> list[dict]:
+    """Submissions with their deliveries (all of the patient's read in one query)."""
+    if not submissions:
+        return []
+    items = _deliveries(delivery.deliveries_of(submissions[0].mrn))
+    by_submission: dict[int, list] = {}
+    for item in sorted(items, key=lambda item: item.sequence):
+        by_submission.setdefault(item.submission_id, []).append(item)
+    return [_submission_out(s, by_submission.get(s.id, [])) for s in submissions]
+
+
+def _submission_out(submission, items: list[Delivery]) -> dict:
     return {
         "id": submission.id,
         "mrn": submission.mrn,
@@ -395,7 +405,7 @@ class QuestionnaireResponses(MethodView):
         """
         patient = visible_or_404(mrn)
         page = _page(questionnaire.submissions_of(patient.mrn), pagination_parameters)
-        return [_submission_out(submission) for submission in page]
+        return _submissions_out(page)
 
     @allow(*ROLES)
     @blp.arguments(
@@ -419,7 +429,7 @@ class QuestionnaireResponses(MethodView):
             )
         except questionnaire.SubmissionError as error:
             _refuse(error.errors, error.status)
-        return _submission_out(submission), 202
+        return _submissions_out([submission])[0], 202
 
 
 @blp.route("/patients/<mrn>/ehr-deliveries", parameters=[MRN])

@@ -40,7 +40,7 @@ import jobs
 from core.db import utcnow
 from core.patients.models import Patient
 from plugins.ehr import connectors
-from plugins.ehr.models import Delivery, Organization, PatientLink
+from plugins.ehr.models import Delivery, MappingVersion, Organization, PatientLink
 
 log = logging.getLogger("caredeck.ehr")
 TIME_LIMIT = datetime.timedelta(minutes=2)
@@ -82,8 +82,13 @@ class RateLimiter:
 
 
 def deliveries_of(mrn: str) -> list[Delivery]:
-    """The patient's deliveries, newest first."""
-    return list(Delivery.select().where(Delivery.mrn == mrn).order_by(Delivery.id.desc()))
+    """The patient's deliveries, newest first (each with its mapping version, in one query)."""
+    return list(
+        Delivery.select(Delivery, MappingVersion)
+        .join(MappingVersion)
+        .where(Delivery.mrn == mrn)
+        .order_by(Delivery.id.desc())
+    )
 
 
 def waiting_for(deliveries: list[Delivery]) -> dict[int, int]:
