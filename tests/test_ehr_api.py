@@ -250,7 +250,10 @@ def test_mappings_are_versioned_diffed_and_validated(app, client_for):
     changed["allergies"] = {"field": "ALLERGIES_PATIENT", "endpoint": "symptoms", "transform": None}
     validated = admin.post("/api/ehr/mappings/athena/validate", json={"fields": changed}).json
     assert validated == {"valid": True, "errors": {}}
-    saved = admin.put("/api/ehr/mappings/athena", json={"fields": changed, "note": "Codes 1/2"})
+    saved = admin.put(
+        "/api/ehr/mappings/athena",
+        json={"fields": changed, "note": "Codes 1/2", "base_version": 1},
+    )
     assert saved.status_code == 200, saved.json
     assert (saved.json["version"], saved.json["note"], saved.json["created_by"]) == (
         2,
@@ -259,6 +262,11 @@ def test_mappings_are_versioned_diffed_and_validated(app, client_for):
     )
     again = admin.put("/api/ehr/mappings/athena", json={"fields": changed})
     assert again.json["version"] == 2  # nothing changed: no new version
+    stale = admin.put(
+        "/api/ehr/mappings/athena", json={"fields": current["fields"], "base_version": 1}
+    )
+    assert stale.status_code == 409  # version 2 was saved since the edit began at 1
+    assert stale.json["message"].startswith("Version 2 was saved by admin@example.org since")
     versions = admin.get("/api/ehr/mappings/athena/versions")
     assert [v["version"] for v in versions.json] == [2, 1]
     assert admin.get("/api/ehr/mappings/athena/versions/1").json["fields"] == current["fields"]

@@ -220,17 +220,27 @@ class Mapping(MethodView):
     @allow("admin")
     @blp.arguments(EhrMappingInputSchema, example=MAPPING_EXAMPLE)
     @blp.response(200, EhrMappingSchema)
+    @blp.alt_response(409, description="Another version was saved since base_version")
     @blp.alt_response(422, description="Names each place of the mapping that is wrong")
     def put(self, data, connector):
         """Save a new version of the mapping (admins)
 
-        The whole mapping, with a `note`. It applies to submissions from now on; earlier
-        deliveries keep the version they were built with. Saving what the current version
-        holds saves nothing and answers the current version.
+        The whole mapping, with a `note` and `base_version` (the version you edited: if
+        another was saved since, `409` and nothing is saved). It applies to submissions from
+        now on; earlier deliveries keep the version they were built with. Saving what the
+        current version holds saves nothing and answers the current version.
         """
         _connector_or_404(connector)
         try:
-            return mappings.save(connector, data["fields"], user=current_user(), note=data["note"])
+            return mappings.save(
+                connector,
+                data["fields"],
+                user=current_user(),
+                note=data["note"],
+                base_version=data.get("base_version"),
+            )
+        except mappings.MappingConflict as error:
+            _refuse(error.errors, 409)
         except mappings.MappingError as error:
             _refuse(error.errors, prefix="fields.")
 
