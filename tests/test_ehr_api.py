@@ -484,3 +484,12 @@ def test_a_submission_is_stored_with_all_its_deliveries_or_not_at_all(app, clien
         assert Submission.select().count() == 0
         assert Delivery.select().count() == 0
     assert app.extensions["caredeck"].jobs.broker.queues["default"].qsize() == 0
+
+
+@pytest.mark.parametrize("caredeck_database_url", ["sqlite"], indirect=True)
+def test_an_http_timeout_longer_than_the_job_allows_stops_start_up(make_app):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        make_app(EHR_HTTP_TIMEOUT_SECONDS="90")
+    assert "EHR_HTTP_TIMEOUT_SECONDS must be at most 50 seconds; got '90'" in str(raised.value)
