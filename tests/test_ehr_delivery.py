@@ -488,3 +488,27 @@ def test_the_actor_states_its_time_limit_and_retries(app):
         options = delivery.deliver.bound().options
     assert options["time_limit"] == 120_000  # ms: two requests of at most 50 s, and margin
     assert options["max_retries"] == 0  # retries are the job's own, recorded on the row
+
+
+def test_a_link_changed_before_sending_applies_to_pending_deliveries(app, athena_patient):
+    sister = add_organization(app, name="Athena Clinic East")  # the same EHR
+    elsewhere = add_organization(app, "allscripts", ALLSCRIPTS, ALLSCRIPTS_TOKEN, name="Hill")
+    with app.app_context(), database.connection_context():
+        questionnaire.submit(MRN, {"symptoms": "first"}, user="nurse@example.org")
+        questionnaire.submit(MRN, {"symptoms": "second"}, user="nurse@example.org")
+    app.extensions["caredeck"].jobs.broker.flush_all()
+    first, second = deliveries()
+    with responses.RequestsMock() as rsps:
+        athena_identity(rsps)
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        link(app, MRN, sister, "A-1")  # moved within the same EHR: still sent
+        with app.app_context(), database.connection_context():
+            assert delivery.attempt(first.id) == "sent"
+        assert len(posted(rsps)) == 1
+    link(app, MRN, elsewhere, "AS-1")  # now in another EHR: never sent to its A-1
+    with app.app_context(), database.connection_context():
+        assert delivery.attempt(second.id) == "failed"
+    [_, second] = deliveries()
+    assert second.last_error == (
+        f"Patient {MRN} is no longer linked to a record in Athena Clinic's EHR; nothing was sent."
+    )
