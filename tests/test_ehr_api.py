@@ -493,3 +493,12 @@ def test_an_http_timeout_longer_than_the_job_allows_stops_start_up(make_app):
     with pytest.raises(ConfigError) as raised:
         make_app(EHR_HTTP_TIMEOUT_SECONDS="90")
     assert "EHR_HTTP_TIMEOUT_SECONDS must be at most 50 seconds; got '90'" in str(raised.value)
+
+
+@pytest.mark.parametrize("caredeck_database_url", ["sqlite"], indirect=True)
+def test_a_short_sandbox_token_stops_start_up(make_app):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        make_app(EHR_SANDBOX_TOKEN=" ")
+    assert "EHR_SANDBOX_TOKEN must be at least 16 characters" in str(raised.value)

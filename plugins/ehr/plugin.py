@@ -34,7 +34,14 @@ def _timeout(text: str) -> int:
     return seconds
 
 
+def _token(text: str) -> str:
+    if len(text.strip()) < SANDBOX_TOKEN_MIN:
+        raise ValueError(f"must be at least {SANDBOX_TOKEN_MIN} characters")
+    return text.strip()
+
+
 HTTP_TIMEOUT_MAX = 50
+SANDBOX_TOKEN_MIN = 16
 SETTINGS = [
     Setting(
         "EHR_HTTP_TIMEOUT_SECONDS",
@@ -65,7 +72,7 @@ SETTINGS = [
     Setting(
         "EHR_SANDBOX_TOKEN",
         _sandbox_token,
-        str,
+        _token,
         "The bearer token the sandbox EHR accepts (default: derived from the secret key).",
         secret=True,
     ),
