@@ -18,9 +18,9 @@ check, the sweep and staff retries. ``docs/ehr.md`` states the guarantees; in sh
 - **Retries.** A timeout, a lost connection, 408, 429 or 5xx is retried with exponential
   back-off (``EHR_RETRY_BASE_SECONDS``, doubling) up to ``EHR_MAX_ATTEMPTS`` attempts, then
   failed; any other 4xx fails at once with the EHR's message.
-- **Rate limit.** At most ``rate_limit_per_second`` deliveries a second per organization,
-  counted in ``REDIS_URL`` (shared by every worker); a job over the limit is put back a
-  second later without counting as an attempt.
+- **Rate limit.** Each organization's deliveries are spaced ``1 / rate_limit_per_second``
+  apart (``plugins/ehr/ratelimit.py``, slots in ``REDIS_URL`` shared by every worker); a job
+  whose slot is later is put back once to run at it, without counting as an attempt.
 """
 
 from __future__ import annotations
