@@ -372,7 +372,7 @@ def test_a_failed_delivery_holds_later_ones_until_staff_retry_it(app, client_for
     ids=["birth-date", "name"],
 )
 def test_an_identity_mismatch_fails_loudly_and_sends_nothing(
-    app, client_for, athena_patient, identity, caplog
+    app, client_for, users, athena_patient, identity, caplog
 ):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         athena_identity(rsps, **identity)
@@ -388,6 +388,16 @@ def test_an_identity_mismatch_fails_loudly_and_sends_nothing(
     )
     assert "Nothing was sent" in item.last_error
     assert any("IDENTITY MISMATCH" in record.message for record in caplog.records)
+    # The patient's own view does not quote the EHR's record (it may be someone else's).
+    with database.connection_context():
+        users["patient"].patient_mrn = MRN
+        users["patient"].save()
+    [mine] = client_for("patient").get(f"/api/patients/{MRN}/questionnaire-responses").json
+    assert mine["state"] == "failed"
+    assert (
+        mine["deliveries"][0]["last_error"]
+        == "Not delivered; the clinic staff see why and can retry it."
+    )
 
 
 def test_a_patient_unknown_to_the_ehr_is_not_sent(app, client_for, athena_patient):
