@@ -188,7 +188,7 @@ def test_invalid_input_is_422_naming_each_field(app, client_for):
         "answers.shoe_size",
         "answers.symptoms",
         "language",
-    } or set(submitted.json["errors"]["json"]) == {"language"}
+    }
     submitted = client_for("nurse").post(
         f"/api/patients/{MRN}/questionnaire-responses",
         json={"answers": {"dob": "02/03/1954", "shoe_size": "42", "symptoms": 7}},
