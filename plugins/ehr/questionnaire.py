@@ -22,7 +22,7 @@ from flask import current_app
 
 from core.db import database, is_sqlite, utcnow
 from core.patients.models import touch
-from plugins.ehr import delivery, mappings
+from plugins.ehr import connectors, delivery, mappings
 from plugins.ehr.fields import DATE_FIELDS, LANGUAGES, OUR_FIELDS
 from plugins.ehr.models import QUESTION_MAX_LENGTH, Delivery, PatientLink, Question, Submission
 
@@ -222,7 +222,13 @@ def submit(mrn: str, answers: Any, *, user: Any, language: str = "en") -> Submis
                 status=409,
             )
         organization = link.organization
-        version = mappings.current(organization.connector)
+        try:
+            version = mappings.current(organization.connector)
+        except connectors.UnknownConnector as error:
+            raise SubmissionError(
+                {"organization": f"{organization.name}'s EHR cannot be reached: {error}"},
+                status=409,
+            ) from None
         submission = Submission.create(
             mrn=mrn,
             organization=organization,
