@@ -356,10 +356,16 @@ def test_a_patient_answers_their_own_questionnaire_only(app, clinic):
 def test_a_patient_without_an_ehr_link_is_told_so(app, clinic):
     nurse = browser(app, "nurse@example.org")
     page = nurse.get(f"/patients/{OTHER_MRN}/questionnaire").text
+    assert 'id="questionnaire-unlinked"' in page and "not linked" in page
+    assert 'name="symptoms"' not in page  # no form that could not be sent
+    spanish = nurse.get(f"/patients/{OTHER_MRN}/questionnaire?lang=es").text
+    assert "no está vinculada" in spanish
+    # A form sent anyway (an old tab) is refused with the reason; nothing is stored.
     answer = post_form(nurse, f"/patients/{OTHER_MRN}/questionnaire", page, symptoms="Cough")
     assert answer.status_code == 409
     assert "is not linked to an EHR yet" in answer.text
-    assert "Cough" in answer.text  # nothing typed is lost
+    with database.connection_context():
+        assert Submission.select().count() == 0
 
 
 # Organizations ------------------------------------------------------------------------------
@@ -420,6 +426,12 @@ def test_an_empty_secret_field_keeps_the_stored_credentials(admin, clinic):
     answer = post_form(admin, path, page, **(kept | {"base_url": "", "credentials": "t-1"}))
     assert answer.status_code == 422 and "t-1" not in answer.text
     assert "new-secret-77" not in answer.text
+    assert 'name="clear_credentials"' in admin.get(path).text
+    answer = post_form(admin, path, page, **kept, clear_credentials="yes")
+    assert answer.status_code == 303
+    with database.connection_context():
+        assert organizations.get(clinic.id).credentials is None
+    assert 'name="clear_credentials"' not in admin.get(path).text  # nothing left to remove
     assert admin.get("/ehr/organizations/999").status_code == 404
 
 

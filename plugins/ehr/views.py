@@ -79,6 +79,8 @@ WORDS = {
         "errors": "Please correct these answers",
         "cannot": "The answers cannot be sent",
         "no_questions": "There are no questions to answer at the moment.",
+        "unlinked": "Answers cannot be sent yet: this record is not linked to the care team's "
+        "health record system. Please ask the clinic to link it.",
         "sent_title": "Thank you, your answers are saved",
         "queued": "They are being sent to the health record system:",
         "endpoint": "Destination",
@@ -98,6 +100,8 @@ WORDS = {
         "errors": "Corrija estas respuestas",
         "cannot": "No se pueden enviar las respuestas",
         "no_questions": "No hay preguntas que responder en este momento.",
+        "unlinked": "Aún no se pueden enviar respuestas: esta historia no está vinculada al "
+        "sistema de historia clínica del equipo médico. Pida a la clínica que la vincule.",
         "sent_title": "Gracias, sus respuestas están guardadas",
         "queued": "Se están enviando al sistema de historia clínica:",
         "endpoint": "Destino",
@@ -394,6 +398,7 @@ def _questionnaire(patient, language, values, errors, status=200):
         genders=GENDERS,
         gender_labels=GENDER_LABELS[language],
         is_staff=current_user().role in STAFF,
+        linked=organizations.link_of(patient.mrn) is not None,
     )
 
 
@@ -475,7 +480,10 @@ def _organization_data(form, *, editing: bool) -> dict:
     """The form as the backend takes it. An empty credentials field on an edit keeps the
     stored credentials (the form never shows them, so it cannot send them back)."""
     data = {name: form.get(name, "").strip() for name in ORGANIZATION_FIELDS}
-    if editing and not data["credentials"]:
+    data["credentials"] = form.get("credentials", "")  # a secret is taken as typed
+    if editing and form.get("clear_credentials") == "yes":
+        data["credentials"] = None  # the backend's "remove them"
+    elif editing and not data["credentials"]:
         data.pop("credentials")
     if data["rate_limit_per_second"] == "":
         data.pop("rate_limit_per_second")
