@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from core.db import utcnow
 from core.patients.models import Patient
+from plugins.ehr.credentials import CredentialsUnreadable, seal
 from plugins.ehr.models import Organization, PatientLink, Question
 
 ORGANIZATION = "Caredeck Demo Clinic (sandbox EHR)"
@@ -55,22 +56,29 @@ QUESTIONS = (
 )
 
 
+def _readable(organization: Organization) -> str | None:
+    try:
+        return organization.credential()
+    except CredentialsUnreadable:
+        return None
+
+
 def load(app) -> None:
     organization, created = Organization.get_or_create(
         name=ORGANIZATION,
         defaults={
             "connector": "sandbox",
             "base_url": app.config["EHR_SANDBOX_URL"],
-            "credentials": app.config["EHR_SANDBOX_TOKEN"],
+            "credentials": seal(app.config["EHR_SANDBOX_TOKEN"]),
             "rate_limit_per_second": 20,
         },
     )
     if not created and (
         organization.base_url != app.config["EHR_SANDBOX_URL"]
-        or organization.credentials != app.config["EHR_SANDBOX_TOKEN"]
+        or _readable(organization) != app.config["EHR_SANDBOX_TOKEN"]
     ):
         organization.base_url = app.config["EHR_SANDBOX_URL"]
-        organization.credentials = app.config["EHR_SANDBOX_TOKEN"]
+        organization.credentials = seal(app.config["EHR_SANDBOX_TOKEN"])
         organization.updated_at = utcnow()
         organization.save()
     for mrn, ehr_patient_id, provider in LINKS:

@@ -43,13 +43,20 @@ class Organization(Model):
     name = peewee.CharField(max_length=NAME_MAX_LENGTH, unique=True)
     connector = peewee.CharField(max_length=32)
     base_url = peewee.CharField(max_length=URL_MAX_LENGTH)
-    credentials = peewee.TextField(null=True)  # write-only: never serialized or logged
+    # Sealed (plugins/ehr/credentials.py); write-only: never serialized or logged.
+    credentials = peewee.TextField(null=True)
     rate_limit_per_second = peewee.IntegerField(default=5)
     created_at = UTCDateTimeField(default=utcnow)
     updated_at = UTCDateTimeField(default=utcnow)
 
     class Meta:
         table_name = "ehr_organizations"
+
+    def credential(self) -> str | None:
+        """The credentials in clear, for a connector's request only."""
+        from plugins.ehr.credentials import unseal
+
+        return unseal(self.credentials)
 
     def __repr__(self) -> str:  # never the credentials, even in a traceback
         return f"<Organization {self.id} {self.name!r} ({self.connector})>"

@@ -3,7 +3,8 @@ patient is.
 
 Credentials are write-only: they are accepted here, stored, sent to the EHR by the
 connector, and never returned, logged or audited (the schemas have no field for them on the
-way out; ``Organization.__repr__`` leaves them out). An update that leaves ``credentials``
+way out; ``Organization.__repr__`` leaves them out), and stored encrypted
+(``plugins/ehr/credentials.py``). An update that leaves ``credentials``
 out, or sends it empty, keeps the stored value; ``null`` clears it.
 """
 
@@ -21,6 +22,7 @@ import peewee
 from core.db import database, utcnow
 from core.patients.models import Patient
 from plugins.ehr import connectors
+from plugins.ehr.credentials import seal
 from plugins.ehr.models import (
     EHR_ID_MAX_LENGTH,
     NAME_MAX_LENGTH,
@@ -117,6 +119,8 @@ def _load(data: Any, *, partial: bool) -> dict:
             raise OrganizationError({name: "Missing data for required field." for name in missing})
     if loaded.get("credentials") == "":
         del loaded["credentials"]  # an empty secret field on a form means "keep it"
+    if loaded.get("credentials") is not None:
+        loaded["credentials"] = seal(loaded["credentials"])
     return loaded
 
 

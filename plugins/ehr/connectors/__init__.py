@@ -22,6 +22,8 @@ from urllib.parse import quote
 import requests
 from flask import current_app
 
+from plugins.ehr.credentials import CredentialsUnreadable
+
 log = logging.getLogger("caredeck.ehr")
 ENTRY_POINT_GROUP = "caredeck.ehr_connectors"
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -114,8 +116,9 @@ class Connector:
     @staticmethod
     def headers(organization, idempotency_key: str | None = None) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if organization.credentials:
-            headers["Authorization"] = f"Bearer {organization.credentials}"
+        credential = organization.credential()  # raises CredentialsUnreadable
+        if credential:
+            headers["Authorization"] = f"Bearer {credential}"
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         return headers
@@ -140,10 +143,14 @@ class Connector:
     def _request(self, method: str, organization, url: str, *, idempotency_key=None, **options):
         timeout = current_app.config["EHR_HTTP_TIMEOUT_SECONDS"]
         try:
+            headers = self.headers(organization, idempotency_key)
+        except CredentialsUnreadable as error:
+            return SendResult(False, False, None, f"{organization.name}: {error}")
+        try:
             response = requests.request(
                 method,
                 url,
-                headers=self.headers(organization, idempotency_key),
+                headers=headers,
                 timeout=(min(timeout, 10), timeout),  # (connect, read)
                 allow_redirects=False,  # a redirect would carry the credentials elsewhere
                 **options,
