@@ -371,7 +371,14 @@ def test_a_patient_without_an_ehr_link_is_told_so(app, clinic):
 # Organizations ------------------------------------------------------------------------------
 
 
-def test_organizations_are_created_with_errors_next_to_fields_and_secrets_never_shown(admin):
+def stored(app, organization_id: int):
+    """The organization as stored, and its credentials in clear."""
+    with app.app_context(), database.connection_context():
+        found = organizations.get(organization_id)
+        return found, found.credential()
+
+
+def test_organizations_are_created_with_errors_next_to_fields_and_secrets_never_shown(app, admin):
     page = admin.get("/ehr/organizations").text
     answer = post_form(
         admin,
@@ -403,34 +410,33 @@ def test_organizations_are_created_with_errors_next_to_fields_and_secrets_never_
     assert "&lt;b&gt;Northside&lt;/b&gt; Clinic" in listing and "<b>Northside" not in listing
     with database.connection_context():
         created = organizations.Organization.get(organizations.Organization.connector == "athena")
-    assert created.credentials == "typed-secret-991" and created.rate_limit_per_second == 7
+    created, secret = stored(app, created.id)
+    assert secret == "typed-secret-991" and created.rate_limit_per_second == 7
     edit = admin.get(f"/ehr/organizations/{created.id}").text
     for html in (listing, edit):
-        assert "typed-secret-991" not in html and SECRET not in html
+        for shown_never in ("typed-secret-991", SECRET, created.credentials):  # nor sealed
+            assert shown_never not in html
     assert 'type="password"' in edit and "Leave empty to keep them" in edit
 
 
-def test_an_empty_secret_field_keeps_the_stored_credentials(admin, clinic):
+def test_an_empty_secret_field_keeps_the_stored_credentials(app, admin, clinic):
     path = f"/ehr/organizations/{clinic.id}"
     page = admin.get(path).text
     kept = dict(name="Riverside Clinic", connector="sandbox", base_url=SANDBOX, credentials="")
     answer = post_form(admin, path, page, **kept, rate_limit_per_second="9")
     assert answer.status_code == 303
-    with database.connection_context():
-        again = organizations.get(clinic.id)
-    assert again.credentials == SECRET and again.rate_limit_per_second == 9
+    again, secret = stored(app, clinic.id)
+    assert secret == SECRET and again.rate_limit_per_second == 9
     answer = post_form(admin, path, page, **(kept | {"credentials": "new-secret-77"}))
     assert answer.status_code == 303
-    with database.connection_context():
-        assert organizations.get(clinic.id).credentials == "new-secret-77"
+    assert stored(app, clinic.id)[1] == "new-secret-77"
     answer = post_form(admin, path, page, **(kept | {"base_url": "", "credentials": "t-1"}))
     assert answer.status_code == 422 and "t-1" not in answer.text
     assert "new-secret-77" not in answer.text
     assert 'name="clear_credentials"' in admin.get(path).text
     answer = post_form(admin, path, page, **kept, clear_credentials="yes")
     assert answer.status_code == 303
-    with database.connection_context():
-        assert organizations.get(clinic.id).credentials is None
+    assert stored(app, clinic.id)[0].credentials is None
     assert 'name="clear_credentials"' not in admin.get(path).text  # nothing left to remove
     assert admin.get("/ehr/organizations/999").status_code == 404
 
