@@ -156,6 +156,7 @@ def editor_form(page: str, **changes) -> dict:
         r'name="([a-z_]+\.endpoint)">.*?<option value="([^"]*)" selected', page, re.S
     ):
         fields[name] = endpoint
+    fields["base"] = re.search(r'name="base" value="(\d+)"', page).group(1)
     for name, kind in re.findall(
         r'name="([a-z_]+\.kind)">.*?<option value="([^"]*)" selected', page, re.S
     ):
@@ -257,6 +258,32 @@ def test_save_makes_a_new_version_with_its_note_and_the_diff_reads_as_a_table(ap
     assert "version 1" in old and "Edit, starting from version 1" in old
     restart = admin.get("/ehr/mappings/sandbox?version=1").text
     assert editor_form(restart)["name.kind"] == ""
+
+
+def test_a_save_never_silently_undoes_one_made_meanwhile(app, admin):
+    page = admin.get("/ehr/mappings/sandbox").text
+    with app.app_context(), database.connection_context():  # a colleague, in another tab
+        fields = dict(mappings.current("sandbox").fields)
+        fields["name"] = {**fields["name"], "transform": {"kind": "upper"}}
+        mappings.save("sandbox", fields, user="colleague@example.org", note="theirs")
+    mine = editor_form(page, **{"gender.kind": "codes", "gender.option": "female=F"})
+    answer = post_form(admin, "/ehr/mappings/sandbox", page, action="save", note="mine", **mine)
+    assert answer.status_code == 409
+    assert "Version 2 was saved by colleague@example.org while you edited" in answer.text
+    assert 'value="female=F"' in answer.text and 'value="mine"' in answer.text
+    assert versions_of(app) == [2, 1]
+    # Saved again from that page (which now builds on version 2), it replaces version 2.
+    again = editor_form(answer.text)
+    answer = post_form(admin, "/ehr/mappings/sandbox", answer.text, action="save", **again)
+    assert answer.status_code == 303 and versions_of(app) == [3, 2, 1]
+    # The same mapping again is no new version.
+    page = admin.get(answer.location).text
+    answer = post_form(admin, "/ehr/mappings/sandbox", page, action="save", **editor_form(page))
+    assert (
+        "Nothing changed: version 3 is still the current mapping."
+        in admin.get(answer.location).text
+    )
+    assert versions_of(app) == [3, 2, 1]
 
 
 def test_the_editor_refuses_unknown_connectors_versions_and_forms_without_a_token(app, admin):

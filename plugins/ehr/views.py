@@ -45,8 +45,9 @@ pages = Blueprint("ehr_pages", __name__, template_folder="templates")
 LANGUAGES = {"en": "English", "es": "Español"}
 SECTION_DELIVERIES = 20  # the chart shows the newest
 BULK_PREVIEW_SECONDS = 30 * 60  # a preview older than this must be made again
-# Transform kinds the editor offers; the backend's validate() is the authority on each.
-TRANSFORM_KINDS = {"": "None", "date": "Date format", "codes": "Code list", "upper": "Upper case"}
+# The editor's names for the backend's transform kinds (mappings.TRANSFORM_KINDS).
+TRANSFORM_LABELS = {"date": "Date format", "codes": "Code list", "upper": "Upper case"}
+TRANSFORM_PARTS = ("field", "endpoint", "kind", "option")  # the inputs of one editor row
 LONG_ANSWERS = {
     "address",
     "allergies",
@@ -254,9 +255,6 @@ def mapping_from_form(form) -> tuple[dict, dict[str, dict[str, str]], dict[str, 
     return fields, values, errors
 
 
-TRANSFORM_PARTS = ("field", "endpoint", "kind", "option")
-
-
 def by_field(errors: dict, keep: tuple[str, ...] = ()) -> dict[str, str]:
     """Errors keyed by our field, to show next to it (``dob``, ``dob.transform.format``,
     ``answers.dob`` and ``{"answers": {"dob": [...]}}`` all go next to ``dob``); the form's
@@ -277,18 +275,25 @@ def by_field(errors: dict, keep: tuple[str, ...] = ()) -> dict[str, str]:
     return {field: " ".join(messages) for field, messages in found.items()}
 
 
-def _editor(connector, values, errors, status=200, *, validated=False, note_text=""):
+def _editor(connector, values, errors, status=200, *, validated=False, note_text="", base=None):
+    """The editor page. ``base`` is the version the form was filled in on top of (the
+    current one for a fresh form), sent back with a save to catch a concurrent one."""
+    versions = mappings.versions(connector.name)
+    kinds = {"": "None"} | {
+        kind: TRANSFORM_LABELS.get(kind, kind) for kind in mappings.TRANSFORM_KINDS
+    }
     return _render(
         "ehr/mapping_editor.html",
         status,
         connector=connector,
-        current=mappings.current(connector.name),
-        versions=mappings.versions(connector.name),
+        current=versions[0],
+        versions=versions,
+        base=base or versions[0].version,
         values=values,
         errors=by_field(errors, keep=("note",)),
         validated=validated,
         note_text=note_text,
-        transform_kinds=TRANSFORM_KINDS,
+        transform_kinds=kinds,
     )
 
 
@@ -305,18 +310,30 @@ def mapping_editor(connector_name: str):
             )
         return _editor(connector, mapping_form_values(start.fields), {})
     fields, values, errors = mapping_from_form(request.form)
-    note_text = request.form.get("note", "").strip()
+    typed = {"note_text": request.form.get("note", "").strip()}
+    typed["base"] = request.form.get("base", type=int)
     # The form's own errors (a code list it cannot read) and the backend's, all at once.
     errors = {**mappings.validate(connector.name, fields), **errors}
     if errors:
-        return _editor(connector, values, errors, 422, note_text=note_text)
+        return _editor(connector, values, errors, 422, **typed)
     if request.form.get("action") != "save":  # Validate: say so, save nothing
-        return _editor(connector, values, {}, validated=True, note_text=note_text)
+        return _editor(connector, values, {}, validated=True, **typed)
+    current = mappings.current(connector.name)
+    if typed["base"] != current.version:
+        # Someone saved meanwhile: saving this form would silently undo their change.
+        message = (
+            f"Version {current.version} was saved by {who(current.created_by)} while you "
+            "edited; yours is not saved. Compare the versions, then save again to replace it."
+        )
+        return _editor(connector, values, {"_schema": message}, 409, note_text=typed["note_text"])
     try:
-        saved = mappings.save(connector.name, fields, user=current_user(), note=note_text)
+        saved = mappings.save(connector.name, fields, user=current_user(), note=typed["note_text"])
     except mappings.MappingError as error:
-        return _editor(connector, values, error.errors, 422, note_text=note_text)
-    flash(f"Saved as version {saved.version} of the {connector.title} mapping.")
+        return _editor(connector, values, error.errors, 422, **typed)
+    if saved.version == current.version:
+        flash(f"Nothing changed: version {saved.version} is still the current mapping.")
+    else:
+        flash(f"Saved as version {saved.version} of the {connector.title} mapping.")
     return redirect(url_for(".mapping_editor", connector_name=connector.name), 303)
 
 
