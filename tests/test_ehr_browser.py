@@ -1,7 +1,8 @@
 """The EHR pages in headless Chromium against ``caredeck serve --demo``: an administrator
-edits the sandbox EHR's mapping (an invalid edit first), saves it and reads the diff; the
-demo patient answers the questionnaire in Spanish on a phone-sized screen, and the answers
-reach the sandbox EHR through the real job, mapped by the new version."""
+edits the sandbox EHR's mapping (an invalid edit first), saves it and reads the diff, and
+makes a bulk update through its preview; the demo patient answers the questionnaire in
+Spanish on a phone-sized screen, and the answers reach the sandbox EHR through the real job,
+mapped by the new version."""
 
 from __future__ import annotations
 
@@ -125,6 +126,21 @@ def test_mapping_editor_and_spanish_questionnaire_in_chromium(demo):
             assert width <= 390, f"the editor is {width} px wide on a 390 px screen"
             phone.screenshot(path=str(ARTIFACTS / "ehr-mapping-editor-390.png"), full_page=True)
 
+            # A bulk update: the preview lists each patient before and after; confirming
+            # (the browser asks first) applies exactly that.
+            admin.click(".subnav >> text=Bulk update")
+            admin.select_option("#bulk-organization_id", label="Caredeck Demo Clinic (sandbox EHR)")
+            admin.fill("#bulk-provider", "Dr. Amara Osei")
+            admin.fill("#bulk-new_provider", "Dr. Rivera")
+            admin.click("main button >> text=Preview")
+            preview = admin.locator("#bulk-preview tbody tr")
+            expect(preview).to_have_count(2)  # DEMO-0001 and DEMO-0002
+            expect(preview.first.locator("td.before")).to_have_text("Dr. Amara Osei")
+            expect(preview.first.locator("td.after")).to_have_text("Dr. Rivera")
+            admin.once("dialog", lambda dialog: dialog.accept())
+            admin.click("main button >> text=Confirm and apply 2 changes")
+            expect(admin.locator(".notice")).to_contain_text("2 of 2 patients changed")
+
             # The patient, on a phone, answers in Spanish.
             patient = signed_in("patient", width=390)
             patient.click("nav >> text=Questionnaire")
@@ -171,6 +187,7 @@ def test_mapping_editor_and_spanish_questionnaire_in_chromium(demo):
             assert states and all(state == "Sent" for state in states), states
             expect(section.locator("td", has_text=re.compile(r"^version 2$")).first).to_be_visible()
             expect(section.locator("a", has_text="Questionnaire")).to_be_visible()
+            expect(section).to_contain_text("primary care physician Dr. Rivera")  # the bulk one
             nurse.screenshot(path=str(ARTIFACTS / "ehr-chart.png"), full_page=True)
         finally:
             browser.close()
