@@ -447,3 +447,32 @@ def test_chart_data_groups_deliveries_by_submission(app, client_for):
     assert data["counts"] == {"pending": 2, "sent": 0, "failed": 0}
     first, second = entry["deliveries"]
     assert data["waiting_for"] == {second.id: first.id}
+
+
+def test_a_submission_is_stored_with_all_its_deliveries_or_not_at_all(app, client_for):
+    from unittest import mock
+
+    from plugins.ehr.models import Delivery, Submission
+
+    add_patient()
+    link(app, MRN, add_organization(app), "A-1")
+    real_create = Delivery.create
+    made = []
+
+    def second_fails(**fields):
+        if made:
+            raise RuntimeError("the database went away")
+        made.append(real_create(**fields))
+        return made[-1]
+
+    with mock.patch.object(Delivery, "create", side_effect=second_fails):
+        answer = client_for("nurse").post(
+            f"/api/patients/{MRN}/questionnaire-responses",
+            json={"answers": {"symptoms": "Cough", "family_history": "Asthma"}},
+        )
+    assert answer.status_code == 500
+    assert len(made) == 1  # one delivery was written, then the transaction rolled back
+    with database.connection_context():
+        assert Submission.select().count() == 0
+        assert Delivery.select().count() == 0
+    assert app.extensions["caredeck"].jobs.broker.queues["default"].qsize() == 0

@@ -178,11 +178,11 @@ def enqueue_next(mrn: str, organization_id: int) -> Delivery | None:
 
 
 @jobs.actor("ehr.deliver", time_limit=TIME_LIMIT, max_retries=0)
-def deliver(delivery_id: int) -> str:
+def deliver(delivery_id: int) -> None:
     """Send one delivery (its retries are scheduled by the job itself, recorded on the row,
-    so Dramatiq's own retries are off). Safe to run twice and concurrently. Returns what
-    happened, for the logs and tests."""
-    return attempt(delivery_id)
+    so Dramatiq's own retries are off). Safe to run twice and concurrently."""
+    # Nothing returned: Dramatiq warns about every return value without a results backend.
+    log.debug("delivery %s: %s", delivery_id, attempt(delivery_id))
 
 
 def _settings() -> tuple[int, int]:
@@ -275,7 +275,8 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
 
 
 def attempt(delivery_id: int) -> str:
-    """One attempt at a delivery (the body of ``ehr.deliver``)."""
+    """One attempt at a delivery (the body of ``ehr.deliver``); what happened, in a word or
+    a few (``sent``, ``retrying``, ``failed``, ``waiting for delivery 7``, ...)."""
     item = Delivery.get_or_none(Delivery.id == delivery_id)
     if item is None:
         return "missing"
@@ -315,6 +316,9 @@ def attempt(delivery_id: int) -> str:
         if error.result.retryable:
             return _retry_or_fail(item, claim, message)
         return _fail(item, claim, message + "; nothing was sent.")
+    except Exception as error:  # a bug in the connector: recorded and retried, then failed
+        log.exception("connector %s failed looking up a patient", item.connector)
+        return _retry_or_fail(item, claim, f"The {item.connector} connector failed: {error!r}")
     patient = Patient.get_or_none(Patient.mrn == item.mrn)
     problem = (
         f"patient {item.mrn} is not in the registry"
@@ -338,13 +342,17 @@ def attempt(delivery_id: int) -> str:
             "EHR link, then retry.",
         )
 
-    result = connector.send(
-        organization,
-        item.endpoint,
-        item.payload,
-        ehr_patient_id=link.ehr_patient_id,
-        idempotency_key=item.idempotency_key,
-    )
+    try:
+        result = connector.send(
+            organization,
+            item.endpoint,
+            item.payload,
+            ehr_patient_id=link.ehr_patient_id,
+            idempotency_key=item.idempotency_key,
+        )
+    except Exception as error:  # a bug in the connector (the key makes a resend safe)
+        log.exception("connector %s failed sending delivery %s", item.connector, item.id)
+        return _retry_or_fail(item, claim, f"The {item.connector} connector failed: {error!r}")
     if result.ok:
         _finish(
             item,
