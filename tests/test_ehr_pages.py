@@ -326,10 +326,17 @@ def test_errors_come_back_next_to_their_answers_with_what_was_typed(app, clinic)
     )
     assert answer.status_code == 422
     html = answer.text
-    assert re.search(r'id="answer-symptoms-error" class="field-error">This question must', html)
-    assert re.search(r'id="answer-dob-error" class="field-error">The date must be between', html)
+    assert re.search(r'id="answer-symptoms-error" class="field-error">Responda esta pregunta', html)
+    assert re.search(r'id="answer-dob-error" class="field-error">La fecha debe estar entre', html)
     assert 'aria-invalid="true"' in html and 'value="1850-01-01"' in html
     assert "Corrija estas respuestas" in html  # still in Spanish
+    english = post_form(
+        nurse, f"/patients/{MRN}/questionnaire", page, language="en", dob="1954-03-02"
+    )
+    assert re.search(
+        r'id="answer-symptoms-error" class="field-error">This question must', english.text
+    )
+    assert 'value="1954-03-02"' in english.text
     with database.connection_context():
         assert Submission.select().count() == 0
 

@@ -114,6 +114,16 @@ WORDS = {
     },
 }
 
+# The backend's messages a patient meets most, in Spanish (any other shows as it is).
+SPANISH_ERRORS = {
+    "This question must be answered.": "Responda esta pregunta.",
+    "Answer at least one question.": "Responda al menos una pregunta.",
+    "Give the date as YYYY-MM-DD, e.g. 1980-04-23.": "Escriba la fecha como AAAA-MM-DD, "
+    "p. ej. 1980-04-23.",
+    "The date must be between 1900-01-01 and today.": "La fecha debe estar entre el "
+    "1900-01-01 y hoy.",
+}
+
 
 # Shown on several pages ---------------------------------------------------------------------
 
@@ -387,7 +397,8 @@ def _prefill(patient) -> dict[str, str]:
     """What the registry already knows, so that nobody types it twice."""
     known = {
         "name": " ".join(p for p in (patient.first_name, patient.last_name) if p),
-        "gender": patient.sex if patient.sex in GENDERS else "",
+        # The registry's "unknown" means not recorded: let the patient answer.
+        "gender": patient.sex if patient.sex in ("female", "male", "other") else "",
         "dob": patient.date_of_birth.isoformat() if patient.date_of_birth else "",
         "address": patient.address,
         "phone": patient.phone,
@@ -400,6 +411,9 @@ def _prefill(patient) -> dict[str, str]:
 
 
 def _questionnaire(patient, language, values, errors, status=200):
+    errors = by_field(errors)
+    if language == "es":
+        errors = {field: SPANISH_ERRORS.get(text, text) for field, text in errors.items()}
     return _render(
         "ehr/questionnaire.html",
         status,
@@ -409,7 +423,7 @@ def _questionnaire(patient, language, values, errors, status=200):
         words=WORDS[language],
         questions=questionnaire.questions(active_only=True),
         values=values,
-        errors=by_field(errors),
+        errors=errors,
         long_answers=LONG_ANSWERS,
         input_types=INPUT_TYPES,
         genders=GENDERS,
