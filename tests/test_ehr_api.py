@@ -250,7 +250,10 @@ def test_mappings_are_versioned_diffed_and_validated(app, client_for):
     changed["allergies"] = {"field": "ALLERGIES_PATIENT", "endpoint": "symptoms", "transform": None}
     validated = admin.post("/api/ehr/mappings/athena/validate", json={"fields": changed}).json
     assert validated == {"valid": True, "errors": {}}
-    saved = admin.put("/api/ehr/mappings/athena", json={"fields": changed, "note": "Codes 1/2"})
+    saved = admin.put(
+        "/api/ehr/mappings/athena",
+        json={"fields": changed, "note": "Codes 1/2", "base_version": 1},
+    )
     assert saved.status_code == 200, saved.json
     assert (saved.json["version"], saved.json["note"], saved.json["created_by"]) == (
         2,
@@ -259,6 +262,11 @@ def test_mappings_are_versioned_diffed_and_validated(app, client_for):
     )
     again = admin.put("/api/ehr/mappings/athena", json={"fields": changed})
     assert again.json["version"] == 2  # nothing changed: no new version
+    stale = admin.put(
+        "/api/ehr/mappings/athena", json={"fields": current["fields"], "base_version": 1}
+    )
+    assert stale.status_code == 409  # version 2 was saved since the edit began at 1
+    assert stale.json["message"].startswith("Version 2 was saved by admin@example.org since")
     versions = admin.get("/api/ehr/mappings/athena/versions")
     assert [v["version"] for v in versions.json] == [2, 1]
     assert admin.get("/api/ehr/mappings/athena/versions/1").json["fields"] == current["fields"]
@@ -476,3 +484,21 @@ def test_a_submission_is_stored_with_all_its_deliveries_or_not_at_all(app, clien
         assert Submission.select().count() == 0
         assert Delivery.select().count() == 0
     assert app.extensions["caredeck"].jobs.broker.queues["default"].qsize() == 0
+
+
+@pytest.mark.parametrize("caredeck_database_url", ["sqlite"], indirect=True)
+def test_an_http_timeout_longer_than_the_job_allows_stops_start_up(make_app):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        make_app(EHR_HTTP_TIMEOUT_SECONDS="90")
+    assert "EHR_HTTP_TIMEOUT_SECONDS must be at most 50 seconds; got '90'" in str(raised.value)
+
+
+@pytest.mark.parametrize("caredeck_database_url", ["sqlite"], indirect=True)
+def test_a_short_sandbox_token_stops_start_up(make_app):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        make_app(EHR_SANDBOX_TOKEN=" ")
+    assert "EHR_SANDBOX_TOKEN must be at least 16 characters" in str(raised.value)

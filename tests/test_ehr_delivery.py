@@ -450,3 +450,65 @@ def test_the_rate_limit_is_per_organization_and_shared_in_redis(make_app):
             # The same second, the same organization: put back, not an attempt.
             assert delivery.attempt(second.id) == "rate limited"
         assert Delivery.get_by_id(second.id).attempts == 0
+
+
+def test_two_jobs_racing_for_one_delivery_send_it_once(app, athena_patient):
+    import threading
+    import time
+
+    with app.app_context(), database.connection_context():
+        questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
+    [item] = deliveries()
+    start, outcomes = threading.Barrier(2), []
+
+    def slow_ehr(request):
+        time.sleep(0.3)  # the winner is still sending while the other job tries
+        return (200, {}, "{}")
+
+    def job():
+        with app.app_context(), database.connection_context():
+            start.wait()
+            outcomes.append(delivery.attempt(item.id))
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        athena_identity(rsps)
+        rsps.add_callback(responses.POST, f"{ATHENA}/patients/A-1/symptoms", callback=slow_ehr)
+        threads = [threading.Thread(target=job) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(posted(rsps)) == 1
+    assert sorted(outcomes) in (["claimed elsewhere", "sent"], ["already sent", "sent"])
+    assert deliveries()[0].attempts == 1
+
+
+def test_the_actor_states_its_time_limit_and_retries(app):
+    with app.app_context():
+        options = delivery.deliver.bound().options
+    assert options["time_limit"] == 120_000  # ms: two requests of at most 50 s, and margin
+    assert options["max_retries"] == 0  # retries are the job's own, recorded on the row
+
+
+def test_a_link_changed_before_sending_applies_to_pending_deliveries(app, athena_patient):
+    sister = add_organization(app, name="Athena Clinic East")  # the same EHR
+    elsewhere = add_organization(app, "allscripts", ALLSCRIPTS, ALLSCRIPTS_TOKEN, name="Hill")
+    with app.app_context(), database.connection_context():
+        questionnaire.submit(MRN, {"symptoms": "first"}, user="nurse@example.org")
+        questionnaire.submit(MRN, {"symptoms": "second"}, user="nurse@example.org")
+    app.extensions["caredeck"].jobs.broker.flush_all()
+    first, second = deliveries()
+    with responses.RequestsMock() as rsps:
+        athena_identity(rsps)
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        link(app, MRN, sister, "A-1")  # moved within the same EHR: still sent
+        with app.app_context(), database.connection_context():
+            assert delivery.attempt(first.id) == "sent"
+        assert len(posted(rsps)) == 1
+    link(app, MRN, elsewhere, "AS-1")  # now in another EHR: never sent to its A-1
+    with app.app_context(), database.connection_context():
+        assert delivery.attempt(second.id) == "failed"
+    [_, second] = deliveries()
+    assert second.last_error == (
+        f"Patient {MRN} is no longer linked to a record in Athena Clinic's EHR; nothing was sent."
+    )

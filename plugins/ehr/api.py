@@ -93,8 +93,18 @@ def _deliveries(items: list[Delivery]) -> list[Delivery]:
     return items
 
 
-def _submission_out(submission) -> dict:
-    items = _deliveries(sorted(submission.deliveries, key=lambda item: item.sequence))
+def _submissions_out(submissions: list) -> list[dict]:
+    """Submissions with their deliveries (all of the patient's read in one query)."""
+    if not submissions:
+        return []
+    items = _deliveries(delivery.deliveries_of(submissions[0].mrn))
+    by_submission: dict[int, list] = {}
+    for item in sorted(items, key=lambda item: item.sequence):
+        by_submission.setdefault(item.submission_id, []).append(item)
+    return [_submission_out(s, by_submission.get(s.id, [])) for s in submissions]
+
+
+def _submission_out(submission, items: list[Delivery]) -> dict:
     return {
         "id": submission.id,
         "mrn": submission.mrn,
@@ -210,17 +220,27 @@ class Mapping(MethodView):
     @allow("admin")
     @blp.arguments(EhrMappingInputSchema, example=MAPPING_EXAMPLE)
     @blp.response(200, EhrMappingSchema)
+    @blp.alt_response(409, description="Another version was saved since base_version")
     @blp.alt_response(422, description="Names each place of the mapping that is wrong")
     def put(self, data, connector):
         """Save a new version of the mapping (admins)
 
-        The whole mapping, with a `note`. It applies to submissions from now on; earlier
-        deliveries keep the version they were built with. Saving what the current version
-        holds saves nothing and answers the current version.
+        The whole mapping, with a `note` and `base_version` (the version you edited: if
+        another was saved since, `409` and nothing is saved). It applies to submissions from
+        now on; earlier deliveries keep the version they were built with. Saving what the
+        current version holds saves nothing and answers the current version.
         """
         _connector_or_404(connector)
         try:
-            return mappings.save(connector, data["fields"], user=current_user(), note=data["note"])
+            return mappings.save(
+                connector,
+                data["fields"],
+                user=current_user(),
+                note=data["note"],
+                base_version=data.get("base_version"),
+            )
+        except mappings.MappingConflict as error:
+            _refuse(error.errors, 409)
         except mappings.MappingError as error:
             _refuse(error.errors, prefix="fields.")
 
@@ -395,7 +415,7 @@ class QuestionnaireResponses(MethodView):
         """
         patient = visible_or_404(mrn)
         page = _page(questionnaire.submissions_of(patient.mrn), pagination_parameters)
-        return [_submission_out(submission) for submission in page]
+        return _submissions_out(page)
 
     @allow(*ROLES)
     @blp.arguments(
@@ -419,7 +439,7 @@ class QuestionnaireResponses(MethodView):
             )
         except questionnaire.SubmissionError as error:
             _refuse(error.errors, error.status)
-        return _submission_out(submission), 202
+        return _submissions_out([submission])[0], 202
 
 
 @blp.route("/patients/<mrn>/ehr-deliveries", parameters=[MRN])

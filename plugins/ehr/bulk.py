@@ -14,7 +14,8 @@ patient of the organization). The change is one of:
 ``preview`` lists the patients that would change (patients the change leaves as they are
 are not listed). ``apply`` takes the count the preview showed as ``expected`` and refuses
 (409) when the selection changed meanwhile; it changes every row in one transaction.
-Deliveries already submitted keep the organization they were submitted for.
+Deliveries already submitted keep the organization they were submitted for (its
+credentials and rate limit), and reach the same EHR record.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import peewee
 from core.db import database, utcnow
 from core.patients.models import Patient
 from plugins.ehr.models import NAME_MAX_LENGTH, Organization, PatientLink
+from plugins.ehr.organizations import same_ehr
 
 log = logging.getLogger("caredeck.ehr")
 
@@ -78,10 +80,7 @@ def _check(selection: Any, change: Any) -> tuple[Organization, str | None, str, 
         if source is not None and target is not None:
             if target.id == source.id:
                 errors["change.organization_id"] = "The patients already belong to it."
-            elif (target.connector, target.base_url.rstrip("/")) != (
-                source.connector,
-                source.base_url.rstrip("/"),
-            ):
+            elif not same_ehr(source, target):
                 errors["change.organization_id"] = (
                     f"{target.name} uses another EHR ({target.connector} at {target.base_url}); "
                     "a patient's identifier belongs to its EHR, so re-link each patient to it "

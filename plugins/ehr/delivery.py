@@ -40,7 +40,8 @@ import jobs
 from core.db import utcnow
 from core.patients.models import Patient
 from plugins.ehr import connectors
-from plugins.ehr.models import Delivery, Organization, PatientLink
+from plugins.ehr.models import Delivery, MappingVersion, Organization, PatientLink
+from plugins.ehr.organizations import same_ehr
 
 log = logging.getLogger("caredeck.ehr")
 TIME_LIMIT = datetime.timedelta(minutes=2)
@@ -82,8 +83,13 @@ class RateLimiter:
 
 
 def deliveries_of(mrn: str) -> list[Delivery]:
-    """The patient's deliveries, newest first."""
-    return list(Delivery.select().where(Delivery.mrn == mrn).order_by(Delivery.id.desc()))
+    """The patient's deliveries, newest first (each with its mapping version, in one query)."""
+    return list(
+        Delivery.select(Delivery, MappingVersion)
+        .join(MappingVersion)
+        .where(Delivery.mrn == mrn)
+        .order_by(Delivery.id.desc())
+    )
 
 
 def waiting_for(deliveries: list[Delivery]) -> dict[int, int]:
@@ -298,12 +304,15 @@ def attempt(delivery_id: int) -> str:
         return "claimed elsewhere"
     item = Delivery.get_by_id(item.id)
 
+    # The link as it is now: an admin's correction applies to deliveries not yet sent. A
+    # patient moved to another organization on the same EHR keeps their identifier there.
     link = PatientLink.get_or_none(PatientLink.mrn == item.mrn)
-    if link is None or link.organization_id != item.organization_id:
+    if link is None or not same_ehr(link.organization, organization):
         return _fail(
             item,
             claim,
-            f"Patient {item.mrn} is no longer linked to {organization.name}; nothing was sent.",
+            f"Patient {item.mrn} is no longer linked to a record in {organization.name}'s EHR; "
+            "nothing was sent.",
         )
     try:
         connector = connectors.get(item.connector)

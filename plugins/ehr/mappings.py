@@ -46,6 +46,20 @@ class MappingError(Exception):
         self.errors = errors
 
 
+class MappingConflict(MappingError):
+    """The mapping was saved by someone else since ``base_version``; ``current`` is theirs."""
+
+    def __init__(self, current: MappingVersion, base_version: int):
+        super().__init__(
+            {
+                "base_version": f"Version {current.version} was saved by {current.created_by} "
+                f"since version {base_version}, which this edit started from; nothing was "
+                "saved. Compare the versions, then save again."
+            }
+        )
+        self.current = current
+
+
 def _who(user: Any) -> str:
     return getattr(user, "email", None) or str(user)
 
@@ -208,10 +222,15 @@ def _normalised(fields: Mapping) -> dict:
     }
 
 
-def save(connector: str, fields: Any, *, user: Any, note: str = "") -> MappingVersion:
+def save(
+    connector: str, fields: Any, *, user: Any, note: str = "", base_version: int | None = None
+) -> MappingVersion:
     """Save ``fields`` as the connector's next version; raises :class:`MappingError`.
 
-    Saving what the current version already holds saves nothing and returns it."""
+    ``base_version``, the version the edit started from: when another version was saved
+    since, :class:`MappingConflict` (checked atomically, so a colleague's save is never
+    silently undone). Saving what the current version already holds saves nothing and
+    returns it."""
     errors = validate(connector, fields)
     note = (note or "").strip()
     if len(note) > NOTE_MAX_LENGTH:
@@ -221,6 +240,8 @@ def save(connector: str, fields: Any, *, user: Any, note: str = "") -> MappingVe
     fields = _normalised(fields)
     for _ in range(5):
         latest = current(connector)
+        if base_version is not None and latest.version != base_version:
+            raise MappingConflict(latest, base_version)
         if latest.fields == fields:
             return latest
         try:
@@ -233,7 +254,7 @@ def save(connector: str, fields: Any, *, user: Any, note: str = "") -> MappingVe
                     created_by=_who(user),
                 )
         except peewee.IntegrityError:
-            continue  # another save took that number: build on it
+            continue  # another save took that number: look again
     raise MappingError({"mapping": "The mapping is being changed by others; try again."})
 
 

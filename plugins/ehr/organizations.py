@@ -198,6 +198,15 @@ def update(organization: Organization, data: Any, user: Any) -> Organization:
     return organization
 
 
+def same_ehr(one: Organization, other: Organization) -> bool:
+    """Whether two organizations use one EHR (connector and address): a patient identifier
+    of one is the same patient in the other."""
+    return (one.connector, one.base_url.rstrip("/")) == (
+        other.connector,
+        other.base_url.rstrip("/"),
+    )
+
+
 # Patient links --------------------------------------------------------------------------
 
 

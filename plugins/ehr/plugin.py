@@ -25,12 +25,30 @@ def _sandbox_token(settings) -> str:
     return hmac.new(key, b"caredeck-ehr-sandbox", hashlib.sha256).hexdigest()
 
 
+def _timeout(text: str) -> int:
+    seconds = integer(minimum=1)(text)
+    if seconds > HTTP_TIMEOUT_MAX:
+        # A delivery makes two requests (the identity lookup, the send) within its job's
+        # time limit; a longer wait would have the job killed mid-send instead.
+        raise ValueError(f"must be at most {HTTP_TIMEOUT_MAX} seconds")
+    return seconds
+
+
+def _token(text: str) -> str:
+    if len(text.strip()) < SANDBOX_TOKEN_MIN:
+        raise ValueError(f"must be at least {SANDBOX_TOKEN_MIN} characters")
+    return text.strip()
+
+
+HTTP_TIMEOUT_MAX = 50
+SANDBOX_TOKEN_MIN = 16
 SETTINGS = [
     Setting(
         "EHR_HTTP_TIMEOUT_SECONDS",
         "20",
-        integer(minimum=1),
-        "Seconds to wait for an EHR's answer (connecting: at most 10); a timeout is retried.",
+        _timeout,
+        "Seconds to wait for an EHR's answer (connecting: at most 10), at most 50; a timeout "
+        "is retried.",
     ),
     Setting(
         "EHR_MAX_ATTEMPTS",
@@ -54,7 +72,7 @@ SETTINGS = [
     Setting(
         "EHR_SANDBOX_TOKEN",
         _sandbox_token,
-        str,
+        _token,
         "The bearer token the sandbox EHR accepts (default: derived from the secret key).",
         secret=True,
     ),

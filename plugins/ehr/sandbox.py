@@ -34,8 +34,8 @@ def _refuse(status: int, message: str):
 
 
 def _authorised() -> bool:
-    token = bearer_token() or ""
-    return hmac.compare_digest(token.encode(), current_app.config["EHR_SANDBOX_TOKEN"].encode())
+    token, expected = bearer_token(), current_app.config["EHR_SANDBOX_TOKEN"]
+    return bool(token and expected) and hmac.compare_digest(token.encode(), expected.encode())
 
 
 def _link(ehr_patient_id: str) -> PatientLink | None:

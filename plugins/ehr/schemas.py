@@ -54,6 +54,13 @@ class EhrMappingSchema(ma.Schema):
 class EhrMappingInputSchema(ma.Schema):
     fields = ma.fields.Dict(required=True, metadata={"description": MAPPING_DESCRIPTION})
     note = ma.fields.String(load_default="", metadata={"description": "Why it changed."})
+    base_version = ma.fields.Integer(
+        strict=True,
+        metadata={
+            "description": "The version your edit started from: if another was saved since, "
+            "the answer is 409 and nothing is saved (recommended)."
+        },
+    )
 
 
 class EhrMappingValidationSchema(ma.Schema):
