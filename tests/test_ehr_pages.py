@@ -107,6 +107,8 @@ def test_each_page_answers_its_roles_and_refuses_the_others(app, clinic):
         f"/ehr/organizations/{clinic.id}": ("admin",),
         "/ehr/bulk": ("admin",),
         "/ehr/sandbox": STAFF_AND_ADMIN,
+        "/ehr/questions": STAFF_AND_ADMIN,
+        "/ehr/questions/1": STAFF_AND_ADMIN,
         f"/patients/{MRN}/questionnaire": (*STAFF_AND_ADMIN, "ada"),
         f"/patients/{MRN}/sections/ehr": (*STAFF_AND_ADMIN, "ada"),
     }
@@ -133,6 +135,7 @@ def test_the_navigation_offers_each_role_its_pages(app, clinic):
     assert {("/ehr/mappings", "EHR"), ("/ehr/sandbox", "EHR sandbox")} <= admin
     nurse = labels(browser(app, "nurse@example.org"))
     assert ("/ehr/sandbox", "EHR sandbox") in nurse and ("/ehr/mappings", "EHR") not in nurse
+    assert ("/ehr/questions", "Questionnaire") in nurse
     patient = labels(browser(app, patient_user()))
     assert ("/questionnaire", "Questionnaire") in patient
     assert not {href for href, _ in patient if href.startswith("/ehr")}
@@ -400,6 +403,45 @@ def test_a_patient_without_an_ehr_link_is_told_so(app, clinic):
     assert "is not linked to an EHR yet" in answer.text
     with database.connection_context():
         assert Submission.select().count() == 0
+
+
+def test_the_clinical_team_adds_edits_and_retires_questions(app, clinic):
+    doctor = browser(app, "doctor@example.org")
+    page = doctor.get("/ehr/questions").text
+    assert "What symptoms bring you in?" in page and "¿Qué síntomas le traen?" in page
+    question = dict(field="symptoms", text_en="Anything else?", text_es="", position="4")
+    answer = post_form(doctor, "/ehr/questions", page, **question, active="yes")
+    assert answer.status_code == 422
+    assert re.search(r'id="question-text_es-error" class="field-error">', answer.text)
+    assert 'value="Anything else?"' in answer.text
+    question["text_es"] = "¿Algo más?"
+    answer = post_form(doctor, "/ehr/questions", page, **question, active="yes")
+    assert answer.status_code == 422
+    error = r'id="question-field-error" class="field-error">An active question already asks'
+    assert re.search(error, answer.text)
+    question |= {"field": "allergies", "text_en": "Any <allergies>?", "text_es": "¿Alergias?"}
+    answer = post_form(doctor, "/ehr/questions", page, **question, required="yes", active="yes")
+    assert answer.status_code == 303
+    listing = doctor.get("/ehr/questions").text
+    assert "The question on allergies is added." in listing
+    assert "Any &lt;allergies&gt;?" in listing
+    asked = browser(app, "nurse@example.org").get(f"/patients/{MRN}/questionnaire").text
+    assert 'name="allergies"' in asked
+
+    with database.connection_context():
+        allergies = questionnaire.Question.get(questionnaire.Question.field == "allergies")
+    path = f"/ehr/questions/{allergies.id}"
+    edit = doctor.get(path).text
+    assert 'id="question-active" name="active" value="yes" checked' in edit
+    retired = dict(field="allergies", text_en="Any allergies?", text_es="¿Alergias?")
+    answer = post_form(doctor, path, edit, **retired, position="4")  # boxes unticked
+    assert answer.status_code == 303
+    with database.connection_context():
+        again = questionnaire.Question.get_by_id(allergies.id)
+    assert (again.active, again.required, again.text_en) == (False, False, "Any allergies?")
+    asked = browser(app, "nurse@example.org").get(f"/patients/{MRN}/questionnaire").text
+    assert 'name="allergies"' not in asked
+    assert doctor.get("/ehr/questions/999").status_code == 404
 
 
 # Organizations ------------------------------------------------------------------------------

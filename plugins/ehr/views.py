@@ -38,7 +38,7 @@ from plugins.ehr import (
     sandbox,
 )
 from plugins.ehr.fields import FIELD_LABELS, OUR_FIELDS
-from plugins.ehr.models import MappingVersion
+from plugins.ehr.models import MappingVersion, Question
 
 pages = Blueprint("ehr_pages", __name__, template_folder="templates")
 
@@ -755,6 +755,71 @@ def _values_of(selection: dict, change: dict) -> dict[str, str]:
     }
 
 
+# Questions (the clinical team's) ----------------------------------------------------------------
+
+QUESTION_FIELDS = ("field", "text_en", "text_es", "position")
+QUESTION_FLAGS = ("required", "active")
+
+
+def _question_data(form) -> dict:
+    """The form as the backend takes it: an unticked box is sent by no browser, so it is
+    read as ``False``."""
+    data = {name: form.get(name, "").strip() for name in QUESTION_FIELDS}
+    if data["position"] == "":
+        data.pop("position")
+    return data | {flag: form.get(flag) == "yes" for flag in QUESTION_FLAGS}
+
+
+def _question_values(question) -> dict:
+    return {name: str(getattr(question, name)) for name in QUESTION_FIELDS} | {
+        flag: getattr(question, flag) for flag in QUESTION_FLAGS
+    }
+
+
+def _questions_page(template: str, values: dict, errors: dict, status=200, **context):
+    return _render(
+        template,
+        status,
+        questions=questionnaire.questions(active_only=False),
+        field_options=[("", "Choose…")] + [(name, FIELD_LABELS[name]["en"]) for name in OUR_FIELDS],
+        values=values,
+        errors=errors,
+        **context,
+    )
+
+
+@pages.route("/ehr/questions", methods=["GET", "POST"])
+@allow(*STAFF)
+def questions_page():
+    """The questionnaire as the clinical team sets it up: every question, and a new one."""
+    if request.method == "GET":
+        return _questions_page("ehr/questions.html", {"required": False, "active": True}, {})
+    data = _question_data(request.form)
+    try:
+        created = questionnaire.create_question(data, current_user())
+    except questionnaire.QuestionError as error:
+        return _questions_page("ehr/questions.html", data, error.errors, 422)
+    flash(f"The question on {FIELD_LABELS[created.field]['en'].lower()} is added.")
+    return redirect(url_for(".questions_page"), 303)
+
+
+@pages.route("/ehr/questions/<int:question_id>", methods=["GET", "POST"])
+@allow(*STAFF)
+def question_page(question_id: int):
+    found = Question.get_or_none(Question.id == question_id)  # a read; writes go through
+    if found is None:  # questionnaire.update_question
+        abort(404, f"There is no question {question_id}.")
+    if request.method == "GET":
+        return _questions_page("ehr/question.html", _question_values(found), {}, question=found)
+    data = _question_data(request.form)
+    try:
+        questionnaire.update_question(found, data, current_user())
+    except questionnaire.QuestionError as error:
+        return _questions_page("ehr/question.html", data, error.errors, 422, question=found)
+    flash(f"The question on {FIELD_LABELS[found.field]['en'].lower()} is saved.")
+    return redirect(url_for(".questions_page"), 303)
+
+
 # The sandbox EHR ----------------------------------------------------------------------------
 
 
@@ -815,6 +880,7 @@ def retry_delivery(mrn: str, delivery_id: int):
 NAVIGATION = [
     NavItem("ehr_questionnaire", "Questionnaire", "ehr_pages.my_questionnaire", 15, ("patient",)),
     NavItem("ehr", "EHR", "ehr_pages.mappings_page", 70, ("admin",)),
+    NavItem("ehr_questions", "Questionnaire", "ehr_pages.questions_page", 72, STAFF),
     NavItem("ehr_sandbox", "EHR sandbox", "ehr_pages.sandbox_page", 75, STAFF),
 ]
 # Every role: a patient user sees their own deliveries' states and the questionnaire link
