@@ -82,7 +82,7 @@ def test_mapping_editor_and_spanish_questionnaire_in_chromium(demo):
 
             # The administrator: an invalid edit is named next to its row and not saved.
             admin = signed_in("admin")
-            admin.click("nav >> text=EHR")
+            admin.click('nav >> text="EHR"')
             expect(admin.locator("h1")).to_have_text("EHR mappings")
             admin.click("text=Sandbox EHR (inside Caredeck)")
             expect(admin.locator("h1")).to_have_text("Sandbox EHR (inside Caredeck) mapping")
@@ -143,7 +143,7 @@ def test_mapping_editor_and_spanish_questionnaire_in_chromium(demo):
 
             # The patient, on a phone, answers in Spanish.
             patient = signed_in("patient", width=390)
-            patient.click("nav >> text=Questionnaire")
+            patient.click('nav >> text="Questionnaire"')
             expect(patient.locator("h1")).to_have_text("Questionnaire")
             patient.click(".language-switch >> text=Español")
             expect(patient.locator("h1")).to_have_text("Cuestionario")

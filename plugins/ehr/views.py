@@ -1,5 +1,6 @@
-"""The EHR plugin's pages: the mapping editor, the patient questionnaire, organizations,
-bulk updates, the sandbox EHR's inbox and the chart section.
+"""The EHR plugin's pages: the mapping editor, the patient questionnaire and the clinical
+team's questions, organizations, bulk updates, the sandbox EHR's inbox and the chart
+section.
 
 Every form posts to a page of its own that calls the backend modules (mappings,
 questionnaire, organizations, delivery, bulk): errors come back on the page next to their
