@@ -313,6 +313,15 @@ def test_the_questionnaire_asks_in_english_or_spanish(app, clinic):
     assert '<div lang="es"' in spanish and 'name="language" value="es"' in spanish
     assert "Enviar mis respuestas" in spanish and "Femenino" in spanish
     assert 'aria-current="true">Español' in spanish
+    # Without a choice, the browser's language preference decides.
+    preferred = nurse.get(
+        f"/patients/{MRN}/questionnaire", headers={"Accept-Language": "es-MX,es;q=0.9,en;q=0.5"}
+    ).text
+    assert '<div lang="es"' in preferred
+    chosen = nurse.get(
+        f"/patients/{MRN}/questionnaire?lang=en", headers={"Accept-Language": "es"}
+    ).text
+    assert '<div lang="en"' in chosen
 
 
 def test_errors_come_back_next_to_their_answers_with_what_was_typed(app, clinic):

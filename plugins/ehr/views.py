@@ -449,8 +449,9 @@ def my_questionnaire():
 def questionnaire_page(mrn: str):
     patient = visible_or_404(mrn)
     if request.method == "GET":
-        language = _language(request.args.get("lang"))
-        return _questionnaire(patient, language, _prefill(patient), {})
+        # The language asked for, else the browser's preference, else English.
+        wanted = request.args.get("lang") or request.accept_languages.best_match(LANGUAGES)
+        return _questionnaire(patient, _language(wanted), _prefill(patient), {})
     language = _language(request.form.get("language"))
     asked = [question.field for question in questionnaire.questions(active_only=True)]
     values = {field: request.form.get(field, "").strip() for field in asked}
