@@ -605,6 +605,20 @@ def test_a_bulk_update_is_previewed_then_confirmed(app, admin, clinic):
     assert providers() == before | {MRN: "Dr. Rivera", OTHER_MRN: "Dr. Rivera"}
 
 
+def test_a_long_preview_lists_the_first_rows_and_counts_them_all(app, admin, clinic, monkeypatch):
+    monkeypatch.setattr("plugins.ehr.views.BULK_PREVIEW_ROWS", 1)
+    link(app, OTHER_MRN, clinic, "SBX-2", provider="Dr. Amara Osei")
+    page = admin.get("/ehr/bulk").text
+    choice = dict(organization_id=str(clinic.id), change="provider", new_provider="Dr. Rivera")
+    preview = post_form(admin, "/ehr/bulk/preview", page, **choice).text
+    assert len(re.findall(r'<td class="after">', preview)) == 1
+    assert "The first 1 are listed; the other 1 change the same way." in preview
+    assert "Confirm and apply 2 changes" in preview
+    token = re.search(r'name="token" value="([^"]+)"', preview).group(1)
+    assert post_form(admin, "/ehr/bulk/confirm", preview, token=token).status_code == 303
+    assert set(providers().values()) == {"Dr. Rivera"}
+
+
 def test_nothing_changes_without_the_preview_that_showed_it(app, admin, clinic):
     page = admin.get("/ehr/bulk").text
     before = providers()

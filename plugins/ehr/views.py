@@ -46,6 +46,7 @@ pages = Blueprint("ehr_pages", __name__, template_folder="templates")
 LANGUAGES = {"en": "English", "es": "Español"}
 SECTION_DELIVERIES = 20  # the chart shows the newest
 BULK_PREVIEW_SECONDS = 30 * 60  # a preview older than this must be made again
+BULK_PREVIEW_ROWS = 500  # rows listed; the count, and the confirmation, cover them all
 # The editor's names for the backend's transform kinds (mappings.TRANSFORM_KINDS).
 TRANSFORM_LABELS = {"date": "Date format", "codes": "Code list", "upper": "Upper case"}
 TRANSFORM_PARTS = ("field", "endpoint", "kind", "option")  # the inputs of one editor row
@@ -690,6 +691,7 @@ def _bulk(values, errors, status=200, *, rows=None, token=None, notice=None):
         values=values,
         errors=errors,
         rows=rows,
+        shown=BULK_PREVIEW_ROWS,
         token=token,
         notice=notice,
     )
