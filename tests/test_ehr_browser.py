@@ -90,6 +90,7 @@ def test_mapping_editor_and_spanish_questionnaire_in_chromium(demo):
             admin.select_option("#map-symptoms-kind", "upper")
             admin.click("button[value=validate]")
             expect(admin.locator("#row-symptoms-error")).to_contain_text("has no field")
+            expect(admin.locator(".error-summary")).to_be_focused()  # keyboard users start there
             expect(admin.locator(".error-summary a[href='#row-symptoms']")).to_be_visible()
             expect(admin.locator("#map-symptoms-field")).to_have_value("CHIEF_COMPLAINT")
             expect(admin.locator("#map-symptoms-kind")).to_have_value("upper")
