@@ -54,6 +54,8 @@ def add_organization(app, connector="athena", base_url=ATHENA, credentials=ATHEN
                 "connector": connector,
                 "base_url": base_url,
                 "credentials": credentials,
+                # High enough that no test waits for a rate-limit slot unless it means to.
+                "rate_limit_per_second": more.pop("rate_limit_per_second", 1000),
                 **more,
             },
             "admin@example.org",

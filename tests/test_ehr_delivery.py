@@ -372,7 +372,7 @@ def test_a_failed_delivery_holds_later_ones_until_staff_retry_it(app, client_for
     ids=["birth-date", "name"],
 )
 def test_an_identity_mismatch_fails_loudly_and_sends_nothing(
-    app, client_for, athena_patient, identity, caplog
+    app, client_for, users, athena_patient, identity, caplog
 ):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         athena_identity(rsps, **identity)
@@ -388,6 +388,16 @@ def test_an_identity_mismatch_fails_loudly_and_sends_nothing(
     )
     assert "Nothing was sent" in item.last_error
     assert any("IDENTITY MISMATCH" in record.message for record in caplog.records)
+    # The patient's own view does not quote the EHR's record (it may be someone else's).
+    with database.connection_context():
+        users["patient"].patient_mrn = MRN
+        users["patient"].save()
+    [mine] = client_for("patient").get(f"/api/patients/{MRN}/questionnaire-responses").json
+    assert mine["state"] == "failed"
+    assert (
+        mine["deliveries"][0]["last_error"]
+        == "Not delivered; the clinic staff see why and can retry it."
+    )
 
 
 def test_a_patient_unknown_to_the_ehr_is_not_sent(app, client_for, athena_patient):
@@ -428,28 +438,44 @@ def test_the_sweep_is_scheduled(app):
 
 
 @pytest.mark.parametrize("caredeck_database_url", ["sqlite"], indirect=True)
-def test_the_rate_limit_is_per_organization_and_shared_in_redis(make_app):
-    from core.testing import service_url
+def test_the_rate_limit_spaces_an_organizations_deliveries_across_workers(make_app):
+    import redis
 
-    app = make_app(REDIS_URL=service_url("redis"), EHR_RETRY_BASE_SECONDS="0")
-    add_patient()
-    add_patient("MRN-000124", "Bo", "Svensson", datetime.date(1960, 1, 1))
-    organization = add_organization(
-        app, rate_limit_per_second=1, name=f"Limited {utcnow().timestamp()}"
-    )
-    link(app, MRN, organization, "A-1")
-    link(app, "MRN-000124", organization, "A-2")
-    with app.app_context(), database.connection_context():
-        questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
-        questionnaire.submit("MRN-000124", {"symptoms": "Fever"}, user="nurse@example.org")
-        first, second = (deliveries(MRN)[0], deliveries("MRN-000124")[0])
-        with responses.RequestsMock() as rsps:
-            athena_identity(rsps)
-            rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+    from core.testing import service_url
+    from plugins.ehr import ratelimit
+
+    url = service_url("redis")
+    # Two apps on one Redis: two worker processes sharing each organization's slots.
+    app, other_worker = make_app(REDIS_URL=url, **TEST_SETTINGS), make_app(REDIS_URL=url)
+    limited = add_organization(app, rate_limit_per_second=1, name="Limited")
+    unlimited = add_organization(app, rate_limit_per_second=100, name="Another EHR")
+    redis.Redis.from_url(url).delete(*(f"{ratelimit.PREFIX}{o.id}" for o in (limited, unlimited)))
+    for number, organization in ((1, limited), (2, limited), (3, unlimited)):
+        add_patient(f"MRN-00000{number}", "Ada", "Lindqvist")
+        link(app, f"MRN-00000{number}", organization, f"A-{number}")
+        with app.app_context(), database.connection_context():
+            questionnaire.submit(f"MRN-00000{number}", {"symptoms": "x"}, user="n@example.org")
+    app.extensions["caredeck"].jobs.broker.flush_all()
+    first, second, third = (deliveries(f"MRN-00000{n}")[0] for n in (1, 2, 3))
+    with responses.RequestsMock() as rsps:
+        for number in (1, 2, 3):
+            athena_identity(rsps, f"A-{number}")
+            rsps.add(responses.POST, f"{ATHENA}/patients/A-{number}/symptoms", json={})
+        with app.app_context(), database.connection_context():
             assert delivery.attempt(first.id) == "sent"
-            # The same second, the same organization: put back, not an attempt.
+        with other_worker.app_context(), database.connection_context():
+            # The same second, the same organization: put back to its slot, not an attempt.
             assert delivery.attempt(second.id) == "rate limited"
-        assert Delivery.get_by_id(second.id).attempts == 0
+            assert delivery.attempt(third.id) == "sent"  # another organization's own limit
+        held = deliveries("MRN-000002")[0]
+        assert (held.state, held.attempts) == ("pending", 0)
+        wait = (held.next_attempt_at - utcnow()).total_seconds()
+        assert 0.5 < wait <= 1.0  # due at its slot: the sweep does not take it for lost
+        run_jobs(other_worker)  # the message it put back runs at its slot, and sends
+        assert [c.request.url for c in rsps.calls if c.request.method == "POST"][-1].endswith(
+            "A-2/symptoms"
+        )
+    assert deliveries("MRN-000002")[0].state == "sent"
 
 
 def test_two_jobs_racing_for_one_delivery_send_it_once(app, athena_patient):

@@ -98,6 +98,15 @@ def _submissions_out(submissions: list) -> list[dict]:
     if not submissions:
         return []
     items = _deliveries(delivery.deliveries_of(submissions[0].mrn))
+    if current_user().role == "patient":
+        # An error may quote the EHR's record of someone else (an identity mismatch names
+        # whom the identifier belongs to there): staff read it, the patient does not.
+        for item in items:
+            item.last_error = (
+                "Not delivered; the clinic staff see why and can retry it."
+                if (item.state == "failed")
+                else None
+            )
     by_submission: dict[int, list] = {}
     for item in sorted(items, key=lambda item: item.sequence):
         by_submission.setdefault(item.submission_id, []).append(item)

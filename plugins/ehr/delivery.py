@@ -18,9 +18,9 @@ check, the sweep and staff retries. ``docs/ehr.md`` states the guarantees; in sh
 - **Retries.** A timeout, a lost connection, 408, 429 or 5xx is retried with exponential
   back-off (``EHR_RETRY_BASE_SECONDS``, doubling) up to ``EHR_MAX_ATTEMPTS`` attempts, then
   failed; any other 4xx fails at once with the EHR's message.
-- **Rate limit.** At most ``rate_limit_per_second`` deliveries a second per organization,
-  counted in ``REDIS_URL`` (shared by every worker); a job over the limit is put back a
-  second later without counting as an attempt.
+- **Rate limit.** Each organization's deliveries are spaced ``1 / rate_limit_per_second``
+  apart (``plugins/ehr/ratelimit.py``, slots in ``REDIS_URL`` shared by every worker); a job
+  whose slot is later is put back once to run at it, without counting as an attempt.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import datetime
 import logging
 import random
 import re
+import time
 import unicodedata
 from typing import Any
 
 from flask import current_app
-from limits import RateLimitItemPerSecond, storage, strategies
 from peewee import SQL, fn
 
 import jobs
@@ -51,7 +51,8 @@ CLAIM = datetime.timedelta(minutes=3)
 # enqueues it again.
 LOST_AFTER = datetime.timedelta(minutes=5)
 RETRY_MAX = datetime.timedelta(hours=1)
-RATE_LIMITED_DELAY_MS = 1000
+# A slot this close is now (the queue's own delays are not finer).
+SLOT_SLACK = 0.05
 ERROR_MAX_LENGTH = 2000
 
 
@@ -60,23 +61,6 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-# The per-organization rate limit --------------------------------------------------------
-
-
-class RateLimiter:
-    """Deliveries a second per organization, in ``REDIS_URL`` (in-process when embedded),
-    so every worker process counts against the same window."""
-
-    def __init__(self, url: str) -> None:
-        self.window = strategies.MovingWindowRateLimiter(
-            storage.storage_from_string("memory://" if url.startswith("memory:") else url)
-        )
-
-    def allow(self, organization: Organization) -> bool:
-        limit = RateLimitItemPerSecond(organization.rate_limit_per_second)
-        return self.window.hit(limit, "caredeck-ehr", str(organization.id))
 
 
 # Reading --------------------------------------------------------------------------------
@@ -155,14 +139,12 @@ def next_in_line(mrn: str, organization_id: int) -> Delivery | None:
 # Enqueuing ------------------------------------------------------------------------------
 
 
-def _enqueue(delivery_id: int, delay_ms: int | None = None) -> bool:
-    """Enqueue a job for the delivery; if the queue is unavailable the delivery stays
-    pending and the sweep enqueues it later (nothing is lost)."""
+def _enqueue(delivery_id: int, delay_ms: int | None = None, slot: float | None = None) -> bool:
+    """Enqueue a job for the delivery (with its rate-limit ``slot`` if it has one); if the
+    queue is unavailable the delivery stays pending and the sweep enqueues it later."""
+    args = (delivery_id,) if slot is None else (delivery_id, slot)
     try:
-        if delay_ms:
-            deliver.send_with_options(args=(delivery_id,), delay=delay_ms)
-        else:
-            deliver.send(delivery_id)
+        deliver.send_with_options(args=args, delay=delay_ms or None)
         return True
     except Exception:
         log.exception("could not enqueue delivery %s; the sweep will", delivery_id)
@@ -184,11 +166,12 @@ def enqueue_next(mrn: str, organization_id: int) -> Delivery | None:
 
 
 @jobs.actor("ehr.deliver", time_limit=TIME_LIMIT, max_retries=0)
-def deliver(delivery_id: int) -> None:
+def deliver(delivery_id: int, slot: float | None = None) -> None:
     """Send one delivery (its retries are scheduled by the job itself, recorded on the row,
-    so Dramatiq's own retries are off). Safe to run twice and concurrently."""
+    so Dramatiq's own retries are off). ``slot``: the rate-limit slot reserved for it, when
+    it was put back to wait for it. Safe to run twice and concurrently."""
     # Nothing returned: Dramatiq warns about every return value without a results backend.
-    log.debug("delivery %s: %s", delivery_id, attempt(delivery_id))
+    log.debug("delivery %s: %s", delivery_id, attempt(delivery_id, slot))
 
 
 def _settings() -> tuple[int, int]:
@@ -280,7 +263,23 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
     return None
 
 
-def attempt(delivery_id: int) -> str:
+def _wait_for_slot(item: Delivery, organization: Organization, slot: float | None) -> bool:
+    """Reserve the organization's next slot unless the job holds one; when the slot is
+    later, put the job back to run then (not an attempt) and say so."""
+    if slot is None:
+        slot = current_app.extensions["ehr"].limiter.reserve(organization)
+    wait = slot - time.time()
+    if wait <= SLOT_SLACK:
+        return False
+    # Due then: the sweep must not take a job waiting for its slot for a lost one.
+    Delivery.update(next_attempt_at=utcnow() + datetime.timedelta(seconds=wait)).where(
+        (Delivery.id == item.id) & (Delivery.state == "pending")
+    ).execute()
+    _enqueue(item.id, int(wait * 1000), slot)
+    return True
+
+
+def attempt(delivery_id: int, slot: float | None = None) -> str:
     """One attempt at a delivery (the body of ``ehr.deliver``); what happened, in a word or
     a few (``sent``, ``retrying``, ``failed``, ``waiting for delivery 7``, ...)."""
     item = Delivery.get_or_none(Delivery.id == delivery_id)
@@ -289,17 +288,17 @@ def attempt(delivery_id: int) -> str:
     if item.state != "pending":
         return f"already {item.state}"
     now = utcnow()
-    if item.next_attempt_at > now:  # an early copy of a delayed retry
-        _enqueue(item.id, int((item.next_attempt_at - now).total_seconds() * 1000) or None)
+    if item.next_attempt_at > now + datetime.timedelta(seconds=SLOT_SLACK):
+        # An early copy of a delayed job: again at its time, keeping its slot.
+        _enqueue(item.id, int((item.next_attempt_at - now).total_seconds() * 1000), slot)
         return "not due"
     blocker = next_in_line(item.mrn, item.organization_id)
     if blocker is not None and blocker.id != item.id:
         return f"waiting for delivery {blocker.id}"
     organization = Organization.get_by_id(item.organization_id)
-    if not current_app.extensions["ehr"].limiter.allow(organization):
-        _enqueue(item.id, RATE_LIMITED_DELAY_MS + random.randint(0, 500))  # noqa: S311
+    if _wait_for_slot(item, organization, slot):
         return "rate limited"
-    claim = _claim(item, now)
+    claim = _claim(item, utcnow())
     if claim is None:
         return "claimed elsewhere"
     item = Delivery.get_by_id(item.id)

@@ -12,7 +12,7 @@ from pathlib import Path
 from core.config import Setting, integer, url
 from core.hookspecs import hookimpl
 from core.scheduler import Schedule
-from plugins.ehr import api, connectors, delivery, demo, sandbox
+from plugins.ehr import api, connectors, delivery, demo, ratelimit, sandbox
 from plugins.ehr.models import MODELS
 
 CORE_API = 1
@@ -84,7 +84,7 @@ class EhrState:
     """What the plugin keeps on the app (``app.extensions["ehr"]``)."""
 
     connectors: dict
-    limiter: delivery.RateLimiter
+    limiter: ratelimit.RateLimiter
 
 
 @hookimpl
@@ -122,7 +122,7 @@ def caredeck_schedules():
 def caredeck_startup(app):
     # Connectors are read from their entry points once per app: a broken one stops start-up.
     app.extensions["ehr"] = EhrState(
-        connectors=connectors.load(), limiter=delivery.RateLimiter(app.config["REDIS_URL"])
+        connectors=connectors.load(), limiter=ratelimit.RateLimiter(app.config["REDIS_URL"])
     )
 
 
