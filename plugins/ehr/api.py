@@ -51,6 +51,7 @@ CONNECTOR = {
     "example": "athena",
 }
 ID = "int(max=9223372036854775807)"
+PATIENT_FAILURE_NOTE = "Not delivered; the clinic staff see why and can retry it."
 MAPPING_EXAMPLE = {
     "fields": {
         "dob": {
@@ -102,11 +103,7 @@ def _submissions_out(submissions: list) -> list[dict]:
         # An error may quote the EHR's record of someone else (an identity mismatch names
         # whom the identifier belongs to there): staff read it, the patient does not.
         for item in items:
-            item.last_error = (
-                "Not delivered; the clinic staff see why and can retry it."
-                if (item.state == "failed")
-                else None
-            )
+            item.last_error = PATIENT_FAILURE_NOTE if item.state == "failed" else None
     by_submission: dict[int, list] = {}
     for item in sorted(items, key=lambda item: item.sequence):
         by_submission.setdefault(item.submission_id, []).append(item)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import datetime
 import logging
 import uuid
+import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
 import marshmallow as ma
+from flask import current_app
 
 from core.db import database, is_sqlite, utcnow
 from core.patients.models import touch
-from plugins.ehr import delivery, mappings
+from plugins.ehr import connectors, delivery, mappings
 from plugins.ehr.fields import DATE_FIELDS, LANGUAGES, OUR_FIELDS
 from plugins.ehr.models import QUESTION_MAX_LENGTH, Delivery, PatientLink, Question, Submission
 
@@ -139,6 +141,11 @@ def update_question(question: Question, data: Any, user: Any) -> Question:
 # Submissions ----------------------------------------------------------------------------
 
 
+def _today() -> datetime.date:
+    """Today in the hospital's zone (a birth today is not in the future there)."""
+    return utcnow().astimezone(zoneinfo.ZoneInfo(current_app.config["TIMEZONE"])).date()
+
+
 def _clean_answers(answers: Any) -> tuple[dict[str, str], dict[str, str]]:
     if not isinstance(answers, Mapping):
         return {}, {"answers": "Give an object of field -> answer."}
@@ -164,7 +171,7 @@ def _clean_answers(answers: Any) -> tuple[dict[str, str], dict[str, str]]:
             except ValueError:
                 errors[where] = "Give the date as YYYY-MM-DD, e.g. 1980-04-23."
                 continue
-            if not EARLIEST_BIRTH <= day <= datetime.date.today():
+            if not EARLIEST_BIRTH <= day <= _today():
                 errors[where] = "The date must be between 1900-01-01 and today."
             else:
                 cleaned[key] = day.isoformat()
@@ -215,7 +222,13 @@ def submit(mrn: str, answers: Any, *, user: Any, language: str = "en") -> Submis
                 status=409,
             )
         organization = link.organization
-        version = mappings.current(organization.connector)
+        try:
+            version = mappings.current(organization.connector)
+        except connectors.UnknownConnector as error:
+            raise SubmissionError(
+                {"organization": f"{organization.name}'s EHR cannot be reached: {error}"},
+                status=409,
+            ) from None
         submission = Submission.create(
             mrn=mrn,
             organization=organization,
