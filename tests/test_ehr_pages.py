@@ -379,6 +379,7 @@ def test_a_submission_queues_its_deliveries_and_confirms_them(app, clinic):
     for item in queued:
         assert f'id="delivery-{item.id}"' in confirmation
     assert confirmation.count("En cola") == len(queued)
+    assert 'data-auto-refresh="10"' in confirmation  # until every delivery is sent
 
 
 def test_a_patient_answers_their_own_questionnaire_only(app, clinic):
@@ -684,7 +685,7 @@ def submit(app, answers, mrn=MRN):
 
 
 def test_the_chart_lists_deliveries_and_staff_retry_the_failed_ones(app, clinic):
-    submit(app, {"symptoms": "Cough"})
+    submission = submit(app, {"symptoms": "Cough"})
     nurse = browser(app, "nurse@example.org")
     section = nurse.get(f"/patients/{MRN}/sections/ehr").text
     assert "EHR record <code>SBX-1</code> at Riverside Clinic" in section
@@ -705,6 +706,8 @@ def test_the_chart_lists_deliveries_and_staff_retry_the_failed_ones(app, clinic)
     assert failed.state == "failed"
     section = nurse.get(f"/patients/{MRN}/sections/ehr").text
     assert "ehr-state-failed" in section and "No &lt;b&gt;" in section
+    confirmation = nurse.get(f"/patients/{MRN}/questionnaire/submissions/{submission.id}").text
+    assert "ehr-state-failed" in confirmation and "data-auto-refresh" not in confirmation
     assert f'action="/patients/{MRN}/ehr-deliveries/{failed.id}/retry"' in section
     ada = browser(app, patient_user())
     own = ada.get(f"/patients/{MRN}/sections/ehr").text
