@@ -91,6 +91,15 @@ def test_the_sandbox_checks_its_token_patient_and_idempotency_key(app):
         "name": "Tomás Ferreira",
         "date_of_birth": "1988-11-17",
     }
+    with database.connection_context():
+        from core.audit import AuditEvent
+
+        audited = [
+            (e.action, e.patient, e.outcome) for e in AuditEvent.select().order_by(AuditEvent.id)
+        ]
+    assert ("ehr sandbox receive", "DEMO-0002", "allowed") in audited
+    assert ("ehr sandbox identity", "DEMO-0002", "allowed") in audited
+    assert ("ehr sandbox receive", None, "denied") in audited  # the wrong token
 
 
 def test_the_demo_is_idempotent_and_follows_the_settings(app):

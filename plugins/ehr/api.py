@@ -131,13 +131,15 @@ def _submission_out(submission, items: list[Delivery]) -> dict:
 class Connectors(MethodView):
     @allow(*STAFF)
     @blp.response(200, EhrConnectorSchema(many=True))
-    def get(self):
+    @blp.paginate()
+    def get(self, pagination_parameters):
         """The installed EHR connectors
 
         One per EHR system, installed under the entry-point group `caredeck.ehr_connectors`
         (`athena`, `allscripts`, `sandbox`, and any added): endpoints, field names and the
         current mapping's version.
         """
+        installed = list(connectors.installed().values())
         return [
             {
                 "name": connector.name,
@@ -146,7 +148,7 @@ class Connectors(MethodView):
                 "fields": list(connector.ehr_fields),
                 "mapping_version": mappings.current(connector.name).version,
             }
-            for connector in connectors.installed().values()
+            for connector in _page(installed, pagination_parameters)
         ]
 
 
@@ -364,14 +366,14 @@ class Questions(MethodView):
     @allow(*ROLES)
     @blp.arguments(EhrQuestionQuerySchema, location="query")
     @blp.response(200, EhrQuestionSchema(many=True))
-    def get(self, args):
+    @blp.paginate()
+    def get(self, args, pagination_parameters):
         """The questionnaire's questions, in order
 
         Active questions; staff may ask for `all=true` to include inactive ones.
         """
-        return questionnaire.questions(
-            active_only=not (args["all"] and current_user().role in STAFF)
-        )
+        everything = args["all"] and current_user().role in STAFF
+        return _page(questionnaire.questions(active_only=not everything), pagination_parameters)
 
     @allow(*STAFF)
     @blp.arguments(EhrQuestionInputSchema)

@@ -9,7 +9,9 @@ It speaks the ``sandbox`` connector's protocol (``plugins/ehr/connectors/sandbox
 - ``GET /ehr-sandbox/patients/<id>``: the patient's identity, for the identity check.
 
 Its patients are those linked to an organization on the sandbox connector; their name and
-date of birth are the registry's. Answers are JSON, errors ``{"message"}`` like an EHR's.
+date of birth are the registry's. Like any read or write of a patient's data, each request
+is audited (an anonymous user: the caller is an EHR client, not a signed-in person).
+Answers are JSON, errors ``{"message"}`` like an EHR's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hmac
 import peewee
 from flask import Blueprint, current_app, jsonify, request
 
+from core.audit import audited, note
 from core.auth.access import bearer_token, csrf_exempt, public
 from core.db import database
 from core.patients.models import Patient
@@ -53,6 +56,7 @@ def _link(ehr_patient_id: str) -> PatientLink | None:
 @blueprint.route("/<endpoint>", methods=["POST"])
 @public  # an EHR's own authentication: the bearer token checked below
 @csrf_exempt
+@audited("ehr sandbox receive")
 def receive(endpoint: str):
     if not _authorised():
         return _refuse(401, "Invalid or missing bearer token.")
@@ -69,8 +73,10 @@ def receive(endpoint: str):
     ):
         return _refuse(400, 'Send JSON {"patient_id": "...", "fields": {...}}.')
     patient_id = body["patient_id"]
-    if len(patient_id) > EHR_ID_MAX_LENGTH or _link(patient_id) is None:
+    link = _link(patient_id) if len(patient_id) <= EHR_ID_MAX_LENGTH else None
+    if link is None:
         return _refuse(404, f"The sandbox EHR has no patient {patient_id!r}.")
+    note(patient=link.mrn)
     try:
         with database.atomic():  # a savepoint: a duplicate key must not spoil a transaction
             receipt = SandboxReceipt.create(
@@ -87,10 +93,13 @@ def receive(endpoint: str):
 
 @blueprint.route("/patients/<ehr_patient_id>")
 @public
+@audited("ehr sandbox identity")
 def patient(ehr_patient_id: str):
     if not _authorised():
         return _refuse(401, "Invalid or missing bearer token.")
     link = _link(ehr_patient_id)
+    if link is not None:
+        note(patient=link.mrn)
     record = Patient.get_or_none(Patient.mrn == link.mrn) if link else None
     if record is None:
         return _refuse(404, f"The sandbox EHR has no patient {ehr_patient_id!r}.")
