@@ -272,7 +272,7 @@ def test_a_save_never_silently_undoes_one_made_meanwhile(app, admin):
     mine = editor_form(page, **{"gender.kind": "codes", "gender.option": "female=F"})
     answer = post_form(admin, "/ehr/mappings/sandbox", page, action="save", note="mine", **mine)
     assert answer.status_code == 409
-    assert "Version 2 was saved by colleague@example.org while you edited" in answer.text
+    assert "Version 2 was saved by colleague@example.org since version 1" in answer.text
     assert 'value="female=F"' in answer.text and 'value="mine"' in answer.text
     assert versions_of(app) == [2, 1]
     # Saved again from that page (which now builds on version 2), it replaces version 2.

@@ -332,19 +332,21 @@ def mapping_editor(connector_name: str):
         return _editor(connector, values, errors, 422, **typed)
     if request.form.get("action") != "save":  # Validate: say so, save nothing
         return _editor(connector, values, {}, validated=True, **typed)
-    current = mappings.current(connector.name)
-    if typed["base"] != current.version:
-        # Someone saved meanwhile: saving this form would silently undo their change.
-        message = (
-            f"Version {current.version} was saved by {who(current.created_by)} while you "
-            "edited; yours is not saved. Compare the versions, then save again to replace it."
-        )
-        return _editor(connector, values, {"_schema": message}, 409, note_text=typed["note_text"])
     try:
-        saved = mappings.save(connector.name, fields, user=current_user(), note=typed["note_text"])
+        saved = mappings.save(
+            connector.name,
+            fields,
+            user=current_user(),
+            note=typed["note_text"],
+            base_version=typed["base"],
+        )
+    except mappings.MappingConflict as conflict:
+        # Saved by someone else meanwhile: the form now builds on theirs (a second save
+        # replaces it, knowingly), with what was typed.
+        return _editor(connector, values, conflict.errors, 409, note_text=typed["note_text"])
     except mappings.MappingError as error:
         return _editor(connector, values, error.errors, 422, **typed)
-    if saved.version == current.version:
+    if saved.version == typed["base"]:
         flash(f"Nothing changed: version {saved.version} is still the current mapping.")
     else:
         flash(f"Saved as version {saved.version} of the {connector.title} mapping.")
