@@ -39,7 +39,7 @@ from plugins.ehr import (
     sandbox,
 )
 from plugins.ehr.fields import FIELD_LABELS, OUR_FIELDS
-from plugins.ehr.models import MappingVersion, Question
+from plugins.ehr.models import Question
 
 pages = Blueprint("ehr_pages", __name__, template_folder="templates")
 
@@ -841,12 +841,6 @@ def sandbox_page():
 # The chart section ----------------------------------------------------------------------------
 
 
-def _version_numbers(ids: set[int]) -> dict[int, int]:
-    """Mapping version ids as their numbers, in one read (a page reads; it never writes)."""
-    query = MappingVersion.select(MappingVersion.id, MappingVersion.version)
-    return {found.id: found.version for found in query.where(MappingVersion.id.in_(ids))}
-
-
 def chart_section(mrn: str) -> str:
     user = current_user()
     patient = find_visible(user, mrn)
@@ -860,7 +854,6 @@ def chart_section(mrn: str) -> str:
         patient=patient,
         data=data,
         deliveries=shown,
-        versions=_version_numbers({item.mapping_version_id for item in shown}),
         is_staff=user.role in STAFF,
     )
 
