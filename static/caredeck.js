@@ -49,6 +49,14 @@ function autoRefresh() {
   document.addEventListener("visibilitychange", reloadIfDue);
 }
 
+// A form that came back with errors: the focus starts on their summary (each entry links to
+// its field), so keyboard and screen-reader users begin with what to correct.
+function focusErrors() {
+  var summary = document.querySelector(".error-summary[tabindex]");
+  if (summary) summary.focus();
+}
+
 document.addEventListener("DOMContentLoaded", loadSections);
+document.addEventListener("DOMContentLoaded", focusErrors);
 document.addEventListener("DOMContentLoaded", autoRefresh);
 document.addEventListener("DOMContentLoaded", confirmActions);

@@ -133,26 +133,27 @@ def caredeck_demo(app):
 
 # ----------------------------------------------------------------------------------------
 # PAGES (owned by the ehr-pages helper): page blueprints, navigation entries and chart
-# sections. The backend's only page blueprint is the sandbox EHR's HTTP endpoint; add the
-# pages' blueprints to this list, and fill the two hooks below.
-# Pages call plugins/ehr/{mappings,organizations,questionnaire,delivery,bulk,sandbox}.py
-# and plugins.ehr.chart.chart_data(mrn), never the ORM directly for writes.
+# sections. plugins/ehr/views.py holds the pages and lists what they register; the pages
+# call plugins/ehr/{mappings,organizations,questionnaire,delivery,bulk,sandbox}.py and
+# plugins.ehr.chart.chart_data(mrn), never the ORM directly for writes.
 # ----------------------------------------------------------------------------------------
+
+from plugins.ehr import views  # noqa: E402
 
 
 @hookimpl
 def caredeck_page_blueprints():
-    return [sandbox.blueprint]
+    return [sandbox.blueprint, views.pages]
 
 
 @hookimpl
 def caredeck_navigation():
-    return []
+    return views.NAVIGATION
 
 
 @hookimpl
 def caredeck_chart_sections():
-    return []
+    return views.CHART_SECTIONS
 
 
 # ------------------------------------------------------------------------ end of PAGES ---
