@@ -516,3 +516,18 @@ def test_a_submission_to_an_uninstalled_connector_is_refused_saying_so(app, clie
     assert answer.json["message"] == (
         "Old Clinic's EHR cannot be reached: No EHR connector 'medisoft' is installed."
     )
+
+
+def test_a_mapping_entry_whose_field_or_endpoint_is_not_text_is_422_naming_it(app, client_for):
+    admin = client_for("admin")
+    fields = {
+        "dob": {"field": ["DATE_OF_BIRTH_PATIENT"], "endpoint": "demographics"},
+        "symptoms": {"field": "SYMPTOMS_PATIENT", "endpoint": {"name": "symptoms"}},
+    }
+    saved = admin.put("/api/ehr/mappings/athena", json={"fields": fields})
+    assert saved.status_code == 422, saved.json
+    assert set(saved.json["errors"]["json"]) == {"fields.dob.field", "fields.symptoms.endpoint"}
+    checked = admin.post("/api/ehr/mappings/athena/validate", json={"fields": fields})
+    assert checked.status_code == 200, checked.json
+    assert checked.json["valid"] is False
+    assert set(checked.json["errors"]) == {"dob.field", "symptoms.endpoint"}
