@@ -540,3 +540,29 @@ def test_a_link_changed_before_sending_applies_to_pending_deliveries(app, athena
     assert second.last_error == (
         f"Patient {MRN} is no longer linked to a record in Athena Clinic's EHR; nothing was sent."
     )
+
+
+def test_order_holds_across_a_move_to_a_sister_organization_on_the_same_ehr(
+    app, client_for, athena_patient
+):
+    sister = add_organization(app, name="Athena Clinic East")  # the same EHR, same record
+    with responses.RequestsMock() as rsps:
+        athena_identity(rsps)
+        url = f"{ATHENA}/patients/A-1/symptoms"
+        rsps.add(responses.POST, url, status=422, json={"message": "Unknown encounter"})
+        submit(client_for, {"symptoms": "older"})
+        run_jobs(app)
+        link(app, MRN, sister, "A-1")  # e.g. a bulk move of the clinic's patients
+        rsps.replace(responses.POST, url, json={})
+        submit(client_for, {"symptoms": "newer"})
+        run_jobs(app)
+        older, newer = sorted(deliveries(), key=lambda item: item.id)
+        # The newer answers wait behind the failed older ones: the same EHR record.
+        assert (older.state, newer.state) == ("failed", "pending")
+        assert len(posted(rsps)) == 1
+        listed = client_for("doctor").get(f"/api/patients/{MRN}/ehr-deliveries").json
+        assert listed[0]["id"] == newer.id and listed[0]["waiting_for"] == older.id
+        assert client_for("nurse").post(f"/api/ehr/deliveries/{older.id}/retry").status_code == 200
+        run_jobs(app)
+        sent = [body["SYMPTOMS_PATIENT"] for _, body, _ in posted(rsps)]
+    assert sent == ["older", "older", "newer"]
