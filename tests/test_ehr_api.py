@@ -531,3 +531,33 @@ def test_a_mapping_entry_whose_field_or_endpoint_is_not_text_is_422_naming_it(ap
     assert checked.status_code == 200, checked.json
     assert checked.json["valid"] is False
     assert set(checked.json["errors"]) == {"dob.field", "symptoms.endpoint"}
+
+
+def test_one_ehr_record_is_one_patient_across_organizations_on_that_ehr(app, client_for):
+    add_patient()
+    add_patient("MRN-000124", "Bo", "Svensson", datetime.date(1960, 1, 1))
+    west = add_organization(app, name="Athena Clinic West")
+    east = add_organization(app, base_url=ATHENA + "/", name="Athena Clinic East")  # same EHR
+    other = add_organization(app, base_url="https://athena.other.test/v1", name="Elsewhere")
+    admin = client_for("admin")
+    linked = admin.put(
+        f"/api/patients/{MRN}/ehr-link", json={"organization_id": west.id, "ehr_patient_id": "A-1"}
+    )
+    assert linked.status_code == 200, linked.json
+    taken = admin.put(
+        "/api/patients/MRN-000124/ehr-link",
+        json={"organization_id": east.id, "ehr_patient_id": "A-1"},
+    )
+    assert taken.status_code == 409, taken.json
+    assert "already the EHR record of patient MRN-000123" in taken.json["message"]
+    # Another EHR's A-1 is another person.
+    elsewhere = admin.put(
+        "/api/patients/MRN-000124/ehr-link",
+        json={"organization_id": other.id, "ehr_patient_id": "A-1"},
+    )
+    assert elsewhere.status_code == 200, elsewhere.json
+    # The patient themself may move to the sister organization, keeping their record.
+    moved = admin.put(
+        f"/api/patients/{MRN}/ehr-link", json={"organization_id": east.id, "ehr_patient_id": "A-1"}
+    )
+    assert moved.status_code == 200, moved.json

@@ -43,7 +43,7 @@ from core.db import utcnow
 from core.patients.models import Patient
 from plugins.ehr import connectors
 from plugins.ehr.models import Delivery, MappingVersion, Organization, PatientLink
-from plugins.ehr.organizations import same_ehr
+from plugins.ehr.organizations import same_ehr, same_ehr_ids
 
 log = logging.getLogger("caredeck.ehr")
 TIME_LIMIT = datetime.timedelta(minutes=2)
@@ -118,11 +118,7 @@ def last_sequence(mrn: str) -> int:
 
 def _same_ehr_ids(organization_id: int):
     """The organizations on the same EHR as this one (itself included), as a subquery."""
-    organization = Organization.get_by_id(organization_id)
-    return Organization.select(Organization.id).where(
-        (Organization.connector == organization.connector)
-        & (fn.RTRIM(Organization.base_url, "/") == organization.base_url.rstrip("/"))
-    )
+    return same_ehr_ids(Organization.get_by_id(organization_id))
 
 
 def _earlier_unsent(item: Delivery):
