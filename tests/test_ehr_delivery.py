@@ -566,3 +566,19 @@ def test_order_holds_across_a_move_to_a_sister_organization_on_the_same_ehr(
         run_jobs(app)
         sent = [body["SYMPTOMS_PATIENT"] for _, body, _ in posted(rsps)]
     assert sent == ["older", "older", "newer"]
+
+
+def test_a_job_a_few_milliseconds_early_still_sends(app, athena_patient):
+    # The "not due" check lets a job run up to SLOT_SLACK early (queue delays are not
+    # finer, clocks differ between workers); the claim must not then refuse it, or the
+    # delivery waits for the sweep with nothing enqueued.
+    with responses.RequestsMock() as rsps:
+        athena_identity(rsps)
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        with app.app_context(), database.connection_context():
+            questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
+            [item] = deliveries()
+            soon = utcnow() + datetime.timedelta(seconds=delivery.SLOT_SLACK / 2)
+            Delivery.update(next_attempt_at=soon).where(Delivery.id == item.id).execute()
+            assert delivery.attempt(item.id) == "sent"
+        assert len(posted(rsps)) == 1

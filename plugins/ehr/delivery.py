@@ -197,7 +197,9 @@ def _claim(item: Delivery, now: datetime.datetime) -> datetime.datetime | None:
         .where(
             (Delivery.id == item.id)
             & (Delivery.state == "pending")
-            & (Delivery.next_attempt_at <= now)
+            # Due as attempt() reckons it (a slot this close is now), or a job let through
+            # a few milliseconds early would find nothing to claim and enqueue nothing.
+            & (Delivery.next_attempt_at <= now + datetime.timedelta(seconds=SLOT_SLACK))
             & (Delivery.claimed_until.is_null() | (Delivery.claimed_until < now))
             & ~fn.EXISTS(_earlier_unsent(item))
         )
