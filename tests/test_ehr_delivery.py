@@ -370,8 +370,9 @@ def test_a_failed_delivery_holds_later_ones_until_staff_retry_it(app, client_for
     [
         {"name": "Ada Lindqvist", "dob": "07/14/1990"},  # another birth date
         {"name": "Bo Svensson", "dob": "03/02/1954"},  # another name
+        {"name": "Eva Lindqvist", "dob": "03/02/1954"},  # her twin sister
     ],
-    ids=["birth-date", "name"],
+    ids=["birth-date", "name", "twin"],
 )
 def test_an_identity_mismatch_fails_loudly_and_sends_nothing(
     app, client_for, users, athena_patient, identity, caplog

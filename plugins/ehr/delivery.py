@@ -264,7 +264,9 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
             )
     if patient.last_name and identity.name:
         compared += 1
-        if not _words(patient.last_name) <= _words(identity.name):
+        # The first name too: twins share a last name and a date of birth.
+        ours = _words(patient.last_name) | _words(patient.first_name or "")
+        if not ours <= _words(identity.name):
             return f"the name differs (ours {patient.display_name!r}, the EHR's {identity.name!r})"
     if not compared:
         return (
