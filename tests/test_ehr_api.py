@@ -561,3 +561,12 @@ def test_one_ehr_record_is_one_patient_across_organizations_on_that_ehr(app, cli
         f"/api/patients/{MRN}/ehr-link", json={"organization_id": east.id, "ehr_patient_id": "A-1"}
     )
     assert moved.status_code == 200, moved.json
+
+
+def test_a_mapping_note_too_long_is_422_naming_the_note(app, client_for):
+    admin = client_for("admin")
+    fields = admin.get("/api/ehr/mappings/athena").json["fields"]
+    del fields["email"]
+    answer = admin.put("/api/ehr/mappings/athena", json={"fields": fields, "note": "x" * 501})
+    assert answer.status_code == 422, answer.json
+    assert list(answer.json["errors"]["json"]) == ["note"]
