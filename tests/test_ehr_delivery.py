@@ -583,3 +583,28 @@ def test_a_job_a_few_milliseconds_early_still_sends(app, athena_patient):
             Delivery.update(next_attempt_at=soon).where(Delivery.id == item.id).execute()
             assert delivery.attempt(item.id) == "sent"
         assert len(posted(rsps)) == 1
+
+
+def test_an_ehr_name_that_is_not_text_fails_the_delivery_instead_of_crashing_the_job(
+    app, athena_patient
+):
+    # A crash after the claim records nothing: the delivery would stay pending, be swept
+    # again and again past its attempts, and hold the patient's line with no error shown.
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(
+            responses.GET,
+            f"{ATHENA}/patients/A-1",
+            json={
+                "PATIENT_ID": "A-1",
+                "PATIENT_IDENT_NAME": {"first": "Ada", "last": "Lindqvist"},
+                "DATE_OF_BIRTH_PATIENT": "03/02/1954",
+            },
+        )
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        with app.app_context(), database.connection_context():
+            questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
+            [item] = deliveries()
+            assert delivery.attempt(item.id) == "failed"
+        assert posted(rsps) == []
+    [item] = deliveries()
+    assert item.state == "failed" and "Identity check failed" in item.last_error

@@ -254,6 +254,11 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
     nothing to compare, it is not taken to be the patient."""
     if identity.ehr_patient_id != ehr_patient_id:
         return f"the EHR answered for patient {identity.ehr_patient_id!r}, not {ehr_patient_id!r}"
+    # Read from the EHR's JSON: anything else than text (a date) cannot be compared.
+    if identity.name is not None and not isinstance(identity.name, str):
+        return f"the EHR's name is not text: {identity.name!r}"[:500]
+    if identity.date_of_birth is not None and not isinstance(identity.date_of_birth, datetime.date):
+        return f"the EHR's date of birth is not a date: {identity.date_of_birth!r}"[:500]
     compared = 0
     if patient.date_of_birth and identity.date_of_birth:
         compared += 1
