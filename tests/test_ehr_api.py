@@ -516,3 +516,57 @@ def test_a_submission_to_an_uninstalled_connector_is_refused_saying_so(app, clie
     assert answer.json["message"] == (
         "Old Clinic's EHR cannot be reached: No EHR connector 'medisoft' is installed."
     )
+
+
+def test_a_mapping_entry_whose_field_or_endpoint_is_not_text_is_422_naming_it(app, client_for):
+    admin = client_for("admin")
+    fields = {
+        "dob": {"field": ["DATE_OF_BIRTH_PATIENT"], "endpoint": "demographics"},
+        "symptoms": {"field": "SYMPTOMS_PATIENT", "endpoint": {"name": "symptoms"}},
+    }
+    saved = admin.put("/api/ehr/mappings/athena", json={"fields": fields})
+    assert saved.status_code == 422, saved.json
+    assert set(saved.json["errors"]["json"]) == {"fields.dob.field", "fields.symptoms.endpoint"}
+    checked = admin.post("/api/ehr/mappings/athena/validate", json={"fields": fields})
+    assert checked.status_code == 200, checked.json
+    assert checked.json["valid"] is False
+    assert set(checked.json["errors"]) == {"dob.field", "symptoms.endpoint"}
+
+
+def test_one_ehr_record_is_one_patient_across_organizations_on_that_ehr(app, client_for):
+    add_patient()
+    add_patient("MRN-000124", "Bo", "Svensson", datetime.date(1960, 1, 1))
+    west = add_organization(app, name="Athena Clinic West")
+    east = add_organization(app, base_url=ATHENA + "/", name="Athena Clinic East")  # same EHR
+    other = add_organization(app, base_url="https://athena.other.test/v1", name="Elsewhere")
+    admin = client_for("admin")
+    linked = admin.put(
+        f"/api/patients/{MRN}/ehr-link", json={"organization_id": west.id, "ehr_patient_id": "A-1"}
+    )
+    assert linked.status_code == 200, linked.json
+    taken = admin.put(
+        "/api/patients/MRN-000124/ehr-link",
+        json={"organization_id": east.id, "ehr_patient_id": "A-1"},
+    )
+    assert taken.status_code == 409, taken.json
+    assert "already the EHR record of patient MRN-000123" in taken.json["message"]
+    # Another EHR's A-1 is another person.
+    elsewhere = admin.put(
+        "/api/patients/MRN-000124/ehr-link",
+        json={"organization_id": other.id, "ehr_patient_id": "A-1"},
+    )
+    assert elsewhere.status_code == 200, elsewhere.json
+    # The patient themself may move to the sister organization, keeping their record.
+    moved = admin.put(
+        f"/api/patients/{MRN}/ehr-link", json={"organization_id": east.id, "ehr_patient_id": "A-1"}
+    )
+    assert moved.status_code == 200, moved.json
+
+
+def test_a_mapping_note_too_long_is_422_naming_the_note(app, client_for):
+    admin = client_for("admin")
+    fields = admin.get("/api/ehr/mappings/athena").json["fields"]
+    del fields["email"]
+    answer = admin.put("/api/ehr/mappings/athena", json={"fields": fields, "note": "x" * 501})
+    assert answer.status_code == 422, answer.json
+    assert list(answer.json["errors"]["json"]) == ["note"]

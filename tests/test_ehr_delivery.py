@@ -370,8 +370,9 @@ def test_a_failed_delivery_holds_later_ones_until_staff_retry_it(app, client_for
     [
         {"name": "Ada Lindqvist", "dob": "07/14/1990"},  # another birth date
         {"name": "Bo Svensson", "dob": "03/02/1954"},  # another name
+        {"name": "Eva Lindqvist", "dob": "03/02/1954"},  # her twin sister
     ],
-    ids=["birth-date", "name"],
+    ids=["birth-date", "name", "twin"],
 )
 def test_an_identity_mismatch_fails_loudly_and_sends_nothing(
     app, client_for, users, athena_patient, identity, caplog
@@ -540,3 +541,70 @@ def test_a_link_changed_before_sending_applies_to_pending_deliveries(app, athena
     assert second.last_error == (
         f"Patient {MRN} is no longer linked to a record in Athena Clinic's EHR; nothing was sent."
     )
+
+
+def test_order_holds_across_a_move_to_a_sister_organization_on_the_same_ehr(
+    app, client_for, athena_patient
+):
+    sister = add_organization(app, name="Athena Clinic East")  # the same EHR, same record
+    with responses.RequestsMock() as rsps:
+        athena_identity(rsps)
+        url = f"{ATHENA}/patients/A-1/symptoms"
+        rsps.add(responses.POST, url, status=422, json={"message": "Unknown encounter"})
+        submit(client_for, {"symptoms": "older"})
+        run_jobs(app)
+        link(app, MRN, sister, "A-1")  # e.g. a bulk move of the clinic's patients
+        rsps.replace(responses.POST, url, json={})
+        submit(client_for, {"symptoms": "newer"})
+        run_jobs(app)
+        older, newer = sorted(deliveries(), key=lambda item: item.id)
+        # The newer answers wait behind the failed older ones: the same EHR record.
+        assert (older.state, newer.state) == ("failed", "pending")
+        assert len(posted(rsps)) == 1
+        listed = client_for("doctor").get(f"/api/patients/{MRN}/ehr-deliveries").json
+        assert listed[0]["id"] == newer.id and listed[0]["waiting_for"] == older.id
+        assert client_for("nurse").post(f"/api/ehr/deliveries/{older.id}/retry").status_code == 200
+        run_jobs(app)
+        sent = [body["SYMPTOMS_PATIENT"] for _, body, _ in posted(rsps)]
+    assert sent == ["older", "older", "newer"]
+
+
+def test_a_job_a_few_milliseconds_early_still_sends(app, athena_patient):
+    # The "not due" check lets a job run up to SLOT_SLACK early (queue delays are not
+    # finer, clocks differ between workers); the claim must not then refuse it, or the
+    # delivery waits for the sweep with nothing enqueued.
+    with responses.RequestsMock() as rsps:
+        athena_identity(rsps)
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        with app.app_context(), database.connection_context():
+            questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
+            [item] = deliveries()
+            soon = utcnow() + datetime.timedelta(seconds=delivery.SLOT_SLACK / 2)
+            Delivery.update(next_attempt_at=soon).where(Delivery.id == item.id).execute()
+            assert delivery.attempt(item.id) == "sent"
+        assert len(posted(rsps)) == 1
+
+
+def test_an_ehr_name_that_is_not_text_fails_the_delivery_instead_of_crashing_the_job(
+    app, athena_patient
+):
+    # A crash after the claim records nothing: the delivery would stay pending, be swept
+    # again and again past its attempts, and hold the patient's line with no error shown.
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(
+            responses.GET,
+            f"{ATHENA}/patients/A-1",
+            json={
+                "PATIENT_ID": "A-1",
+                "PATIENT_IDENT_NAME": {"first": "Ada", "last": "Lindqvist"},
+                "DATE_OF_BIRTH_PATIENT": "03/02/1954",
+            },
+        )
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        with app.app_context(), database.connection_context():
+            questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
+            [item] = deliveries()
+            assert delivery.attempt(item.id) == "failed"
+        assert posted(rsps) == []
+    [item] = deliveries()
+    assert item.state == "failed" and "Identity check failed" in item.last_error

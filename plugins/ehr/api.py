@@ -65,10 +65,13 @@ MAPPING_EXAMPLE = {
 }
 
 
-def _refuse(errors: dict[str, str], status: int = 422, prefix: str = ""):
+def _refuse(errors: dict[str, str], status: int = 422, prefix: str = "", unprefixed=()):
     """422 naming each field (``{"json": {"answers.dob": [...]}}``); another status with the
-    first message."""
-    named = {f"{prefix}{key}": [message] for key, message in errors.items()}
+    first message. ``prefix`` goes before every key but those ``unprefixed``."""
+    named = {
+        (key if key in unprefixed else f"{prefix}{key}"): [message]
+        for key, message in errors.items()
+    }
     if status == 422:
         abort(422, errors={"json": named})
     abort(status, message=next(iter(errors.values())), errors={"json": named})
@@ -250,7 +253,7 @@ class Mapping(MethodView):
         except mappings.MappingConflict as error:
             _refuse(error.errors, 409)
         except mappings.MappingError as error:
-            _refuse(error.errors, prefix="fields.")
+            _refuse(error.errors, prefix="fields.", unprefixed=("note",))
 
 
 @blp.route("/ehr/mappings/<connector>/versions", parameters=[CONNECTOR])

@@ -8,10 +8,12 @@ check, the sweep and staff retries. ``docs/ehr.md`` states the guarantees; in sh
 - **The same key every time.** Each delivery has its own idempotency key, sent as the
   ``Idempotency-Key`` header on every attempt, so an EHR that saw an attempt whose answer was
   lost recognises the next one.
-- **In order.** Deliveries of one patient to one organization carry a sequence; one is sent
-  only once every earlier one has been sent. A *failed* earlier delivery holds the later ones
-  (pending, "waiting for" it) until staff retry it and it is sent: sending them past it could
-  overwrite newer data with older data in the EHR, or leave a gap no one notices.
+- **In order.** A patient's deliveries carry a sequence (one per patient); one is sent only
+  once every earlier one to the same EHR (connector and address: a patient moved between
+  two organizations of one EHR is still one record there) has been sent. A *failed*
+  earlier delivery holds the later ones (pending, "waiting for" it) until staff retry it
+  and it is sent: sending them past it could overwrite newer data with older data in the
+  EHR, or leave a gap no one notices.
 - **Never the wrong patient.** Before sending, the connector looks the EHR identifier up and
   the EHR's name and date of birth are compared with the registry's; a mismatch fails the
   delivery, logs an error and sends nothing.
@@ -41,7 +43,7 @@ from core.db import utcnow
 from core.patients.models import Patient
 from plugins.ehr import connectors
 from plugins.ehr.models import Delivery, MappingVersion, Organization, PatientLink
-from plugins.ehr.organizations import same_ehr
+from plugins.ehr.organizations import same_ehr, same_ehr_ids
 
 log = logging.getLogger("caredeck.ehr")
 TIME_LIMIT = datetime.timedelta(minutes=2)
@@ -78,10 +80,15 @@ def deliveries_of(mrn: str) -> list[Delivery]:
 
 def waiting_for(deliveries: list[Delivery]) -> dict[int, int]:
     """For each pending delivery held by an earlier unsent one of the same patient and
-    organization: that earlier delivery's id (the earliest). Deliveries of one patient."""
-    lines: dict[int, list[Delivery]] = {}
+    EHR: that earlier delivery's id (the earliest). Deliveries of one patient."""
+    ids = {item.organization_id for item in deliveries}
+    ehr_of = {
+        found.id: (found.connector, found.base_url.rstrip("/"))
+        for found in Organization.select().where(Organization.id.in_(list(ids)))
+    }
+    lines: dict[tuple, list[Delivery]] = {}
     for item in deliveries:
-        lines.setdefault(item.organization_id, []).append(item)
+        lines.setdefault(ehr_of.get(item.organization_id), []).append(item)
     held = {}
     for line in lines.values():
         line.sort(key=lambda item: item.sequence)
@@ -103,32 +110,34 @@ def submission_state(deliveries: list[Delivery]) -> str:
     return "pending" if "pending" in states else "sent"
 
 
-def last_sequence(mrn: str, organization_id: int) -> int:
-    found = (
-        Delivery.select(fn.MAX(Delivery.sequence))
-        .where((Delivery.mrn == mrn) & (Delivery.organization == organization_id))
-        .scalar()
-    )
+def last_sequence(mrn: str) -> int:
+    """The patient's last sequence number (one line per patient, whichever organization)."""
+    found = Delivery.select(fn.MAX(Delivery.sequence)).where(Delivery.mrn == mrn).scalar()
     return found or 0
+
+
+def _same_ehr_ids(organization_id: int):
+    """The organizations on the same EHR as this one (itself included), as a subquery."""
+    return same_ehr_ids(Organization.get_by_id(organization_id))
 
 
 def _earlier_unsent(item: Delivery):
     earlier = Delivery.alias("earlier")
     return earlier.select(SQL("1")).where(
         (earlier.mrn == item.mrn)
-        & (earlier.organization == item.organization_id)
+        & (earlier.organization.in_(_same_ehr_ids(item.organization_id)))
         & (earlier.sequence < item.sequence)
         & (earlier.state != "sent")
     )
 
 
 def next_in_line(mrn: str, organization_id: int) -> Delivery | None:
-    """The patient's first unsent delivery to the organization."""
+    """The patient's first unsent delivery to the organization's EHR."""
     return (
         Delivery.select()
         .where(
             (Delivery.mrn == mrn)
-            & (Delivery.organization == organization_id)
+            & (Delivery.organization.in_(_same_ehr_ids(organization_id)))
             & (Delivery.state != "sent")
         )
         .order_by(Delivery.sequence)
@@ -188,7 +197,9 @@ def _claim(item: Delivery, now: datetime.datetime) -> datetime.datetime | None:
         .where(
             (Delivery.id == item.id)
             & (Delivery.state == "pending")
-            & (Delivery.next_attempt_at <= now)
+            # Due as attempt() reckons it (a slot this close is now), or a job let through
+            # a few milliseconds early would find nothing to claim and enqueue nothing.
+            & (Delivery.next_attempt_at <= now + datetime.timedelta(seconds=SLOT_SLACK))
             & (Delivery.claimed_until.is_null() | (Delivery.claimed_until < now))
             & ~fn.EXISTS(_earlier_unsent(item))
         )
@@ -243,6 +254,11 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
     nothing to compare, it is not taken to be the patient."""
     if identity.ehr_patient_id != ehr_patient_id:
         return f"the EHR answered for patient {identity.ehr_patient_id!r}, not {ehr_patient_id!r}"
+    # Read from the EHR's JSON: anything else than text (a date) cannot be compared.
+    if identity.name is not None and not isinstance(identity.name, str):
+        return f"the EHR's name is not text: {identity.name!r}"[:500]
+    if identity.date_of_birth is not None and not isinstance(identity.date_of_birth, datetime.date):
+        return f"the EHR's date of birth is not a date: {identity.date_of_birth!r}"[:500]
     compared = 0
     if patient.date_of_birth and identity.date_of_birth:
         compared += 1
@@ -253,7 +269,9 @@ def identity_problem(patient: Patient, ehr_patient_id: str, identity) -> str | N
             )
     if patient.last_name and identity.name:
         compared += 1
-        if not _words(patient.last_name) <= _words(identity.name):
+        # The first name too: twins share a last name and a date of birth.
+        ours = _words(patient.last_name) | _words(patient.first_name or "")
+        if not ours <= _words(identity.name):
             return f"the name differs (ours {patient.display_name!r}, the EHR's {identity.name!r})"
     if not compared:
         return (
@@ -389,16 +407,27 @@ def sweep(now: datetime.datetime | None = None, limit: int = 500) -> int:
     now = now or utcnow()
     cutoff = now - LOST_AFTER
     earlier = Delivery.alias("earlier")
+    earlier_organization = Organization.alias("earlier_organization")
     lost = (
         Delivery.select(Delivery.id)
+        .join(Organization)
         .where(
             (Delivery.state == "pending")
             & (Delivery.next_attempt_at <= cutoff)
             & (Delivery.claimed_until.is_null() | (Delivery.claimed_until < now))
             & ~fn.EXISTS(
-                earlier.select(SQL("1")).where(
+                earlier.select(SQL("1"))
+                .join(
+                    earlier_organization,
+                    on=(earlier.organization == earlier_organization.id),
+                )
+                .where(
                     (earlier.mrn == Delivery.mrn)
-                    & (earlier.organization == Delivery.organization)
+                    & (earlier_organization.connector == Organization.connector)
+                    & (
+                        fn.RTRIM(earlier_organization.base_url, "/")
+                        == fn.RTRIM(Organization.base_url, "/")
+                    )
                     & (earlier.sequence < Delivery.sequence)
                     & (earlier.state != "sent")
                 )

@@ -201,7 +201,9 @@ def validate(connector: str, fields: Any) -> dict[str, str]:
                 f"{target.title}'s endpoints are: " + ", ".join(target.endpoints) + "."
             )
         errors.update(_transform_errors(ours, entry.get("transform")))
-        if (endpoint, field) in targets and f"{ours}.field" not in errors:
+        if f"{ours}.field" in errors or f"{ours}.endpoint" in errors:
+            continue  # (a list or object here would not even be hashable)
+        if (endpoint, field) in targets:
             errors[f"{ours}.field"] = (
                 f"{field} at {endpoint} is already mapped from {targets[(endpoint, field)]}."
             )

@@ -207,6 +207,15 @@ def same_ehr(one: Organization, other: Organization) -> bool:
     )
 
 
+def same_ehr_ids(organization: Organization) -> peewee.ModelSelect:
+    """The ids of the organizations on the same EHR as this one (itself included), as a
+    subquery: one patient identifier there is one person."""
+    return Organization.select(Organization.id).where(
+        (Organization.connector == organization.connector)
+        & (peewee.fn.RTRIM(Organization.base_url, "/") == organization.base_url.rstrip("/"))
+    )
+
+
 # Patient links --------------------------------------------------------------------------
 
 
@@ -257,7 +266,8 @@ def link_patient(
     taken = (
         PatientLink.select()
         .where(
-            (PatientLink.organization == organization)
+            # Two organizations of one EHR share its records.
+            (PatientLink.organization.in_(same_ehr_ids(organization)))
             & (PatientLink.ehr_patient_id == ehr_patient_id)
             & (PatientLink.mrn != mrn)
         )
@@ -267,7 +277,7 @@ def link_patient(
         raise OrganizationError(
             {
                 "ehr_patient_id": f"{ehr_patient_id} is already the EHR record of patient "
-                f"{taken.mrn} at {organization.name}; one EHR record is one patient."
+                f"{taken.mrn} at {taken.organization.name}; one EHR record is one patient."
             },
             status=409,
         )

@@ -236,7 +236,7 @@ def submit(mrn: str, answers: Any, *, user: Any, language: str = "en") -> Submis
             language=language,
             submitted_by=getattr(user, "email", None) or str(user),
         )
-        last = delivery.last_sequence(mrn, organization.id)
+        last = delivery.last_sequence(mrn)
         now = utcnow()
         for offset, (endpoint, payload) in enumerate(
             mappings.payloads(version, cleaned).items(), 1
