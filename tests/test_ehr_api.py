@@ -570,3 +570,37 @@ def test_a_mapping_note_too_long_is_422_naming_the_note(app, client_for):
     answer = admin.put("/api/ehr/mappings/athena", json={"fields": fields, "note": "x" * 501})
     assert answer.status_code == 422, answer.json
     assert list(answer.json["errors"]["json"]) == ["note"]
+
+
+def test_the_ehr_system_of_an_organization_with_linked_patients_cannot_change(app, client_for):
+    add_patient()
+    organization = add_organization(app)
+    admin = client_for("admin")
+    unlinked = admin.patch(
+        f"/api/ehr/organizations/{organization.id}", json={"connector": "allscripts"}
+    )
+    assert unlinked.status_code == 200, unlinked.json
+    admin.patch(f"/api/ehr/organizations/{organization.id}", json={"connector": "athena"})
+    link(app, MRN, organization, "A-1")
+    refused = admin.patch(
+        f"/api/ehr/organizations/{organization.id}", json={"connector": "allscripts"}
+    )
+    assert refused.status_code == 409, refused.json
+    (message,) = refused.json["errors"]["json"]["connector"]
+    assert "has 1 linked patient(s)" in message and message == refused.json["message"]
+    with database.connection_context():
+        assert Organization.get_by_id(organization.id).connector == "athena"
+    # A new address for the same EHR is still allowed.
+    moved = admin.patch(
+        f"/api/ehr/organizations/{organization.id}", json={"base_url": ATHENA + "/v2"}
+    )
+    assert moved.status_code == 200, moved.json
+
+
+def test_an_organization_id_must_be_a_number_not_a_boolean(app, client_for):
+    add_patient()
+    add_organization(app)
+    answer = client_for("admin").put(
+        f"/api/patients/{MRN}/ehr-link", json={"organization_id": True, "ehr_patient_id": "A-1"}
+    )
+    assert answer.status_code == 422 and "organization_id" in answer.json["errors"]["json"]

@@ -608,3 +608,20 @@ def test_an_ehr_name_that_is_not_text_fails_the_delivery_instead_of_crashing_the
         assert posted(rsps) == []
     [item] = deliveries()
     assert item.state == "failed" and "Identity check failed" in item.last_error
+
+
+def test_a_delivery_whose_attempts_all_ended_without_an_outcome_fails(app, athena_patient):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        athena_identity(rsps)
+        rsps.add(responses.POST, f"{ATHENA}/patients/A-1/symptoms", json={})
+        with app.app_context(), database.connection_context():
+            questionnaire.submit(MRN, {"symptoms": "Cough"}, user="nurse@example.org")
+            [item] = deliveries()
+            # Three jobs claimed it and died before recording anything (EHR_MAX_ATTEMPTS 3).
+            expired = utcnow() - datetime.timedelta(seconds=1)
+            Delivery.update(attempts=3, claimed_until=expired).execute()
+            delivery.attempt(item.id)
+        assert posted(rsps) == []
+    [failed] = deliveries()
+    assert failed.state == "failed" and failed.claimed_until is None
+    assert failed.last_error.startswith("Gave up after 3 attempts that ended without an outcome")

@@ -320,6 +320,18 @@ def attempt(delivery_id: int, slot: float | None = None) -> str:
     if claim is None:
         return "claimed elsewhere"
     item = Delivery.get_by_id(item.id)
+    max_attempts, _ = _settings()
+    if item.attempts > max_attempts:
+        # Every claim counts an attempt, and an attempt that ends records its outcome; so
+        # earlier ones ended with none (the job crashed or was killed each time). Stop
+        # rather than sweep it again for ever, holding the patient's later deliveries.
+        return _fail(
+            item,
+            claim,
+            f"Gave up after {item.attempts - 1} attempts that ended without an outcome (the "
+            "job crashed or was stopped); the EHR may or may not have received it. Retry "
+            "once the cause is fixed.",
+        )
 
     # The link as it is now: an admin's correction applies to deliveries not yet sent. A
     # patient moved to another organization on the same EHR keeps their identifier there.

@@ -178,6 +178,18 @@ def update(organization: Organization, data: Any, user: Any) -> Organization:
     changed = sorted(name for name, value in loaded.items() if getattr(organization, name) != value)
     if not changed:
         return organization
+    linked = PatientLink.select().where(PatientLink.organization == organization.id).count()
+    if "connector" in changed and linked:
+        # The linked patients' identifiers are records in the current EHR: another EHR's
+        # record with the same identifier is another person.
+        raise OrganizationError(
+            {
+                "connector": f"{organization.name} has {linked} linked patient(s) whose EHR "
+                f"identifiers are records in its {organization.connector} EHR; move or "
+                "unlink them before changing the EHR system."
+            },
+            409,
+        )
     for name in changed:
         setattr(organization, name, loaded[name])
     organization.updated_at = utcnow()

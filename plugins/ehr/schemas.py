@@ -101,7 +101,7 @@ class EhrMappingDiffQuerySchema(ma.Schema):
 
 class EhrLinkSchema(ma.Schema):
     mrn = ma.fields.String()
-    organization_id = ma.fields.Integer()
+    organization_id = ma.fields.Integer(strict=True)
     organization = ma.fields.Function(lambda link: link.organization.name)
     connector = ma.fields.Function(lambda link: link.organization.connector)
     ehr_patient_id = ma.fields.String()
@@ -142,7 +142,7 @@ class EhrDeliverySchema(ma.Schema):
     id = ma.fields.Integer()
     submission_id = ma.fields.Integer()
     mrn = ma.fields.String()
-    organization_id = ma.fields.Integer()
+    organization_id = ma.fields.Integer(strict=True)
     connector = ma.fields.String()
     endpoint = ma.fields.String()
     payload = ma.fields.Dict(
@@ -179,7 +179,7 @@ class EhrSubmissionInputSchema(ma.Schema):
 class EhrSubmissionSchema(ma.Schema):
     id = ma.fields.Integer()
     mrn = ma.fields.String()
-    organization_id = ma.fields.Integer()
+    organization_id = ma.fields.Integer(strict=True)
     answers = ma.fields.Dict()
     language = ma.fields.String()
     submitted_by = ma.fields.String()
