@@ -28,17 +28,15 @@ import peewee
 
 from core.db import database, utcnow
 from core.patients.models import Patient
+from plugins.ehr.errors import InputError
 from plugins.ehr.models import NAME_MAX_LENGTH, Organization, PatientLink
 from plugins.ehr.organizations import same_ehr
 
 log = logging.getLogger("caredeck.ehr")
 
 
-class BulkError(Exception):
-    def __init__(self, errors: dict[str, str], status: int = 422):
-        super().__init__("; ".join(f"{key}: {value}" for key, value in errors.items()))
-        self.errors = errors
-        self.status = status
+class BulkError(InputError):
+    """A selection or change that cannot be applied."""
 
 
 def _organization(value: Any, where: str, errors: dict) -> Organization | None:

@@ -26,6 +26,7 @@ import peewee
 
 from core.db import database
 from plugins.ehr import connectors
+from plugins.ehr.errors import InputError
 from plugins.ehr.fields import DATE_FIELDS, OUR_FIELDS
 from plugins.ehr.models import NOTE_MAX_LENGTH, MappingVersion
 
@@ -38,12 +39,8 @@ CODE_MAX_LENGTH = 100
 ENTRY_KEYS = ("field", "endpoint", "transform")
 
 
-class MappingError(Exception):
+class MappingError(InputError):
     """A mapping that cannot be saved; ``errors`` maps each place to what is wrong."""
-
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(f"{key}: {message}" for key, message in errors.items()))
-        self.errors = errors
 
 
 class MappingConflict(MappingError):

@@ -23,6 +23,7 @@ from core.db import database, utcnow
 from core.patients.models import Patient
 from plugins.ehr import connectors
 from plugins.ehr.credentials import seal
+from plugins.ehr.errors import InputError
 from plugins.ehr.models import (
     EHR_ID_MAX_LENGTH,
     NAME_MAX_LENGTH,
@@ -39,13 +40,8 @@ EHR_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 WRITABLE = ("name", "connector", "base_url", "credentials", "rate_limit_per_second")
 
 
-class OrganizationError(Exception):
-    """Invalid input; ``errors`` maps each field to what is wrong with it."""
-
-    def __init__(self, errors: dict[str, str], status: int = 422):
-        super().__init__("; ".join(f"{key}: {value}" for key, value in errors.items()))
-        self.errors = errors
-        self.status = status
+class OrganizationError(InputError):
+    """An organization or patient link that cannot be saved."""
 
 
 def _single_line(text: str) -> None:

@@ -23,6 +23,7 @@ from flask import current_app
 from core.db import database, is_sqlite, utcnow
 from core.patients.models import touch
 from plugins.ehr import connectors, delivery, mappings
+from plugins.ehr.errors import InputError
 from plugins.ehr.fields import DATE_FIELDS, LANGUAGES, OUR_FIELDS
 from plugins.ehr.models import QUESTION_MAX_LENGTH, Delivery, PatientLink, Question, Submission
 
@@ -32,19 +33,12 @@ EARLIEST_BIRTH = datetime.date(1900, 1, 1)
 ALLOWED_WHITESPACE = {"\n", "\r", "\t"}
 
 
-class QuestionError(Exception):
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(f"{key}: {value}" for key, value in errors.items()))
-        self.errors = errors
+class QuestionError(InputError):
+    """A question that cannot be saved."""
 
 
-class SubmissionError(Exception):
+class SubmissionError(InputError):
     """The answers cannot be accepted; ``errors`` names each field (``answers.dob``)."""
-
-    def __init__(self, errors: dict[str, str], status: int = 422):
-        super().__init__("; ".join(f"{key}: {value}" for key, value in errors.items()))
-        self.errors = errors
-        self.status = status
 
 
 # Questions ------------------------------------------------------------------------------
