@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     [sys.executable, "-m", "core", "worker", "--threads", str(WORKER_THREADS)],
                     env=environment,
                     cwd=work,
+                    stdout=sys.stderr,  # stdout is the one JSON line
                 )
             )
         time.sleep(3)  # the workers connect to Redis
