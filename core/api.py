@@ -13,11 +13,12 @@ from collections.abc import Mapping
 
 import flask_smorest
 import swagger_ui_bundle
+from apispec import BasePlugin
 from flask import Blueprint, g, render_template, request, send_from_directory, url_for
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 import core
-from core.auth.access import public
+from core.auth.access import PUBLIC, ROLES, declared_access, public
 
 log = logging.getLogger("caredeck.api")
 MAX_PAGE = 100_000
@@ -75,6 +76,48 @@ class Api(flask_smorest.Api):
         return page, error.code, headers
 
 
+class CommonResponses(BasePlugin):
+    """Document on every operation the answers it can give before its view runs, so that
+    clients (and the fuzz test) find every status code listed: 400 for a body that is not
+    JSON; from the view's ``allow()`` declaration, 401 without a valid token and 403 for a
+    role it does not allow; 404 for a path naming nothing (or another patient's record)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def operation_helper(self, path=None, operations=None, **kwargs) -> None:
+        rule = kwargs.get("rule")
+        if rule is None:
+            return
+        view = self.app.view_functions[rule.endpoint]
+        for method, operation in (operations or {}).items():
+            answers = {}
+            if "requestBody" in operation:
+                answers[400] = "BAD_REQUEST"
+            declared = declared_access(view, method.upper())
+            if declared is not None and declared != PUBLIC:
+                answers[401] = "UNAUTHORIZED"
+                if set(ROLES) - declared:
+                    answers[403] = "FORBIDDEN"
+            if rule.arguments:
+                answers[404] = "NOT_FOUND"
+            responses = operation.setdefault("responses", {})
+            documented = {str(code) for code in responses}
+            for code, name in answers.items():
+                if str(code) not in documented:
+                    responses[code] = name
+
+
+# flask-smorest documents X-Pagination with an object schema, which OpenAPI reads as the
+# "simple" style (total,3,page,1); the header is JSON, which OpenAPI says with content.
+PAGINATION_HEADER = {
+    "description": "Pagination metadata, as JSON",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}
+    },
+}
+
+
 docs = Blueprint("api_docs", __name__, url_prefix="/api/docs")
 
 
@@ -110,7 +153,8 @@ def init_app(app) -> Api:
             "security": [{"bearerAuth": []}],
         },
     )
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [CommonResponses(app)]})
+    api.spec.components.header("PAGINATION", PAGINATION_HEADER, lazy=True)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "From /api/auth/token"}
     )
