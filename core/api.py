@@ -46,6 +46,32 @@ def describe_errors(errors: Mapping, prefix: str = "") -> list[str]:
     return lines
 
 
+NUL = "\x00"
+NUL_REASON = "Must not contain the NUL character."
+
+
+def fields_with_nul(data) -> dict:
+    """``{field: [reason]}`` (nested like the data) for each string in ``data``, a parsed
+    JSON document or query, that contains NUL; a list's items are named by position."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return {}
+    found = {}
+    for key, value in items:
+        if NUL in str(key) or (isinstance(value, str) and NUL in value):
+            found[key] = [NUL_REASON]
+        elif isinstance(value, list) and any(isinstance(v, str) and NUL in v for v in value):
+            found[key] = [NUL_REASON]  # a repeated query parameter
+        else:
+            nested = fields_with_nul(value)
+            if nested:
+                found[key] = nested
+    return found
+
+
 class Api(flask_smorest.Api):
     def handle_http_exception(self, error: HTTPException):
         data = getattr(error, "data", None) or {}
@@ -172,6 +198,31 @@ def init_app(app) -> Api:
                 422,
                 message=f"page must be at most {MAX_PAGE}.",
                 errors={"query": {"page": [f"Must be at most {MAX_PAGE}."]}},
+            )
+
+    @app.before_request
+    def _refuse_nul_characters():
+        # PostgreSQL cannot store NUL in text, so a NUL anywhere in the input would reach the
+        # database as an error (a 500); no field means anything by it, so it is refused here,
+        # once, for every API operation: after the access check, before the view. (Form
+        # bodies are left to their views: an upload is streamed, never parsed here.)
+        if not wants_json() or request.endpoint is None:
+            return
+        if any(NUL in str(value) for value in (request.view_args or {}).values()):
+            flask_smorest.abort(404, message="There is no such record.")
+        errors = {}
+        for location, data in (
+            ("query", request.args.to_dict(flat=False)),
+            ("json", request.get_json(silent=True) if request.is_json else None),
+        ):
+            found = fields_with_nul(data)
+            if found:
+                errors[location] = found
+        if errors:
+            flask_smorest.abort(
+                422,
+                message="The request is invalid: text must not contain the NUL character.",
+                errors=errors,
             )
 
     # HTTP errors (unknown routes included) reach Api.handle_http_exception through

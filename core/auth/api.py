@@ -107,6 +107,7 @@ class Signup(MethodView):
     @public
     @blp.arguments(CoreSignupSchema)
     @blp.response(202, CoreSignupResultSchema)
+    @blp.alt_response(429, description="Too many sign-ups from this address")
     def post(self, data):
         """Ask for an account; it has no access until an administrator approves it."""
         request_account(data["name"], data["email"], data["password"])
