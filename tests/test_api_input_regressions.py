@@ -12,6 +12,7 @@
 import pytest
 
 from core.audit import AuditEvent
+from core.auth import passwords
 from core.db import database
 from plugins.monitoring import plugin as monitoring
 
@@ -87,3 +88,21 @@ def test_the_pagination_header_is_documented_as_json(client):
     assert header["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PaginationMetadata"
     }
+
+
+def test_a_passphrase_longer_than_zxcvbn_scores_is_judged_not_a_500(client):
+    """zxcvbn 4.5 raises past 72 characters; sign-up answered 500 for passwords of 73 to
+    256 characters."""
+    long_and_strong = " ".join(["mango tide parcel lamp orbit"] * 5)  # 144 characters
+    assert passwords.problems(long_and_strong) == []
+    assert passwords.problems("0" * 200) != []
+    answer = client.post(
+        "/api/auth/signup",
+        json={"name": "Ana Silva", "email": "ana@example.org", "password": long_and_strong},
+    )
+    assert answer.status_code == 202, answer.json
+    weak = client.post(
+        "/api/auth/signup",
+        json={"name": "Ana Silva", "email": "ana2@example.org", "password": "0" * 200},
+    )
+    assert weak.status_code == 422 and "password" in weak.json["errors"]["json"]
