@@ -42,7 +42,7 @@ from plugins.medications import bus
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 15  # per operation and generation mode; each example is sent as five identities
+EXAMPLES = 6  # per operation and generation mode; each example is sent as five identities
 ANONYMOUS = None
 IDENTITIES = (*ROLES, ANONYMOUS)
 OWN_MRN = "MRN-FUZZ-0001"  # the patient user's own record
@@ -94,31 +94,43 @@ def app(make_app):
             exchange.bind(channel).delete()
 
 
+class Identities:
+    """The fuzzing identities' bearer tokens, by role. A request that succeeds in changing
+    something may have disabled one of them, changed its role, reset its password or
+    revoked its token: then every identity is restored and given a fresh token, so that the
+    fuzzer never loses its own access for the rest of the run."""
+
+    def __init__(self, users) -> None:
+        self.users = users
+        self.tokens: dict[str, str] = {}
+        self.restore()
+
+    def restore(self) -> None:
+        with database.connection_context():
+            for role, user in self.users.items():
+                User.update(
+                    status="active",
+                    role=role,
+                    name=user.name,
+                    patient_mrn=OWN_MRN if role == "patient" else None,
+                    failed_logins=0,
+                    locked_until=None,
+                ).where(User.id == user.id).execute()
+                self.tokens[role], _ = ApiToken.issue(User.get_by_id(user.id))
+
+    def headers(self, role: str | None) -> dict[str, str]:
+        return {} if role is ANONYMOUS else {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    def after(self, method: str, status: int) -> None:
+        if method != "GET" and 200 <= status < 300:
+            self.restore()
+
+
 @pytest.fixture
 def identities(app, users):
-    """The fuzzing identities, restored before every request: the fuzzer may disable them,
-    change their role, reset their password or revoke their tokens, and must not lose its
-    own access for the rest of the run."""
     with database.connection_context():
         Patient.create(mrn=OWN_MRN, first_name="Fuzz", last_name="Patient")
-
-    def fresh_token(role: str | None) -> dict[str, str]:
-        if role is None:
-            return {}
-        user = users[role]
-        with database.connection_context():
-            User.update(
-                status="active",
-                role=role,
-                name=user.name,
-                patient_mrn=OWN_MRN if role == "patient" else None,
-                failed_logins=0,
-                locked_until=None,
-            ).where(User.id == user.id).execute()
-            token, _ = ApiToken.issue(User.get_by_id(user.id))
-        return {"Authorization": f"Bearer {token}"}
-
-    return fresh_token
+    return Identities(users)
 
 
 def without_default_responses(document: dict) -> dict:
@@ -168,7 +180,7 @@ def describe(case, identity) -> str:
     return f"{case.method} {case.formatted_path} as {identity or 'anonymous'}"
 
 
-def fuzz(app, operation, mode, fresh_token, failures: dict[str, str]) -> None:
+def fuzz(app, operation, mode, identities, failures: dict[str, str]) -> None:
     """Send ``EXAMPLES`` generated cases of ``operation`` as every identity; note the first
     failure of each kind (operation, identity, check) in ``failures``."""
 
@@ -183,8 +195,9 @@ def fuzz(app, operation, mode, fresh_token, failures: dict[str, str]) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case):
         for identity in IDENTITIES:
-            headers = fresh_token(identity)
+            headers = identities.headers(identity)
             response = case.call(headers=headers)
+            identities.after(case.method, response.status_code)
             if response.request.headers.get("Authorization") != headers.get("Authorization"):
                 # A negative case that drops or garbles the Authorization header is sent
                 # without the identity's token: no one is signed in.
