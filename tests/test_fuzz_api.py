@@ -42,7 +42,7 @@ from plugins.medications import bus
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 6  # per operation and generation mode; each example is sent as five identities
+EXAMPLES = 12  # per operation and generation mode; each example is sent as five identities
 ANONYMOUS = None
 IDENTITIES = (*ROLES, ANONYMOUS)
 OWN_MRN = "MRN-FUZZ-0001"  # the patient user's own record
