@@ -47,7 +47,8 @@ def describe_errors(errors: Mapping, prefix: str = "") -> list[str]:
 
 
 NUL = "\x00"
-NUL_REASON = "Must not contain the NUL character."
+# The sentence the plugins use for their own control-character checks, for one wording.
+NUL_REASON = "Must not contain control or invalid characters."
 
 
 def fields_with_nul(data) -> dict:
@@ -221,7 +222,7 @@ def init_app(app) -> Api:
         if errors:
             flask_smorest.abort(
                 422,
-                message="The request is invalid: text must not contain the NUL character.",
+                message="The request is invalid: text must not contain NUL characters.",
                 errors=errors,
             )
 

@@ -39,8 +39,10 @@ def admin(client_for):
 def test_a_nul_in_a_query_parameter_is_a_422_naming_it(admin, path, field):
     response = admin.get(path)
     assert response.status_code == 422, response.json
-    assert response.json["errors"] == {"query": {field: ["Must not contain the NUL character."]}}
-    assert f"{field}: Must not contain the NUL character." in response.json["message"]
+    assert response.json["errors"] == {
+        "query": {field: ["Must not contain control or invalid characters."]}
+    }
+    assert f"{field}: Must not contain control or invalid characters." in response.json["message"]
 
 
 def test_a_nul_in_a_json_body_is_a_422_naming_the_field(admin):
@@ -48,7 +50,7 @@ def test_a_nul_in_a_json_body_is_a_422_naming_the_field(admin):
     response = admin.post("/api/patients", json=patient)
     assert response.status_code == 422
     assert response.json["errors"] == {
-        "json": {"first_name": ["Must not contain the NUL character."]}
+        "json": {"first_name": ["Must not contain control or invalid characters."]}
     }
     assert admin.get("/api/patients").json == []  # nothing was stored
 
@@ -57,7 +59,7 @@ def test_a_nul_deep_in_a_json_body_is_named_by_its_path(admin):
     response = admin.patch("/api/patients/MRN-1", json={"address": {"line": "x\x00"}})
     assert response.status_code == 422
     assert response.json["errors"] == {
-        "json": {"address": {"line": ["Must not contain the NUL character."]}}
+        "json": {"address": {"line": ["Must not contain control or invalid characters."]}}
     }
 
 
