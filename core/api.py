@@ -12,15 +12,20 @@ import logging
 from collections.abc import Mapping
 
 import flask_smorest
+import peewee
 import swagger_ui_bundle
 from flask import Blueprint, g, render_template, request, send_from_directory, url_for
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 import core
 from core.auth.access import public
 
 log = logging.getLogger("caredeck.api")
 MAX_PAGE = 100_000
+DATABASE_UNAVAILABLE = "The database cannot be reached right now; try again shortly."
+# Every 503 says when to try again: what was unavailable (the database, the message bus)
+# is usually back within seconds.
+RETRY_AFTER_SECONDS = 5
 
 
 def wants_json() -> bool:
@@ -61,6 +66,8 @@ class Api(flask_smorest.Api):
         headers = dict(data.get("headers") or {})
         if error.code == 401 and wants_json():
             headers.setdefault("WWW-Authenticate", 'Bearer realm="caredeck"')
+        if error.code == 503:
+            headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             headers.setdefault("Allow", ", ".join(error.valid_methods))
         payload = {
@@ -129,6 +136,14 @@ def init_app(app) -> Api:
                 message=f"page must be at most {MAX_PAGE}.",
                 errors={"query": {"page": [f"Must be at most {MAX_PAGE}."]}},
             )
+
+    # A database that cannot be reached (restarting, failing over) or a statement it
+    # cancelled: the request may well succeed in a moment, so say so instead of a 500.
+    @app.errorhandler(peewee.OperationalError)
+    @app.errorhandler(peewee.InterfaceError)
+    def _database_unavailable(error: Exception):
+        log.error("database unavailable in %s %s: %s", request.method, request.path, error)
+        return api.handle_http_exception(ServiceUnavailable(DATABASE_UNAVAILABLE))
 
     # HTTP errors (unknown routes included) reach Api.handle_http_exception through
     # flask-smorest; anything else that escapes a view is a 500 in the same shape.
