@@ -3,6 +3,8 @@
 - A NUL character in the URL, the query, a form or a JSON body: PostgreSQL cannot store or
   even compare text holding one (psycopg raises before the query is sent), so a search for
   ``a%00b`` was a ``500``. It is a ``422`` naming the parameter or field instead.
+- A JSON body sent without a length (chunked) that reaches ``MAX_CONTENT_LENGTH``: werkzeug
+  stops reading there and hands over the first part as if it were all. It is a ``413``.
 - JSON nested deeper than ``MAX_JSON_DEPTH``: Python's parser recurses once per level, and
   ``[[[[...`` 10,000 levels deep raised ``RecursionError`` (a ``500``). It is a ``400``,
   found by counting brackets outside strings, without parsing.
@@ -74,7 +76,11 @@ def _refuse_nul(location: str, names: list[str]) -> None:
 
 
 def _check_json_body() -> None:
-    body = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: a 413, nothing read
+    body = request.get_data(cache=True)  # a Content-Length over the limit: a 413, unread
+    limit = request.max_content_length
+    if limit is not None and len(body) >= limit:
+        # A body without a length (chunked) stops at the limit, silently cut short.
+        abort(413, message=f"The body is larger than the limit of {limit} bytes.")
     if json_depth(body) > MAX_JSON_DEPTH:
         abort(
             400,
