@@ -41,7 +41,8 @@ from plugins.monitoring import ingest
 from plugins.monitoring import plugin as monitoring
 from plugins.monitoring.models import Admission, IngestFile, PmsPatient, RejectedRow
 from plugins.reporting import plugin as reporting
-from plugins.reporting.documents.models import Document, DocumentChange
+from plugins.reporting.documents import records
+from plugins.reporting.documents.models import Document
 from plugins.reporting.documents.storage import store_for
 from plugins.reporting.reports import subscriptions, timing
 
@@ -298,3 +299,199 @@ def test_a_nul_character_anywhere_is_a_422_naming_it_and_is_audited(app, client_
     with database.connection_context():
         refused = AuditEvent.get(AuditEvent.path == "/api/patients/a\ufffdb")
     assert (refused.patient, refused.outcome) == ("a\ufffdb", "invalid")
+
+
+# Uploads to the documents store -----------------------------------------------------------
+
+KEPT = b"%PDF-1.4 a document stored before the hostile uploads\n"
+PATH_NAMES = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "..\\..\\windows\\win.ini",
+    "C:\\boot.ini",
+    "....//....//etc/shadow",
+    "%2e%2e%2fetc%2fpasswd",
+    "documents/../../../instance/caredeck.db",
+]
+
+
+def upload(client, content: bytes, name: str, content_type="application/pdf", **parts):
+    data = {"file": (io.BytesIO(content), name, content_type), **parts}
+    return client.post("/api/documents", data=data, content_type="multipart/form-data")
+
+
+def files_under(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def stored_documents() -> list[dict]:
+    with database.connection_context():
+        return list(Document.select().order_by(Document.id).dicts())
+
+
+@pytest.fixture
+def kept(app, client_for):
+    """A document stored before anything hostile arrives: its record and bytes."""
+    answer = upload(client_for("nurse"), KEPT, "kept.pdf", study="ONC-1")
+    assert answer.status_code == 201, answer.json
+    return answer.json
+
+
+@POSTGRESQL
+def test_an_upload_name_that_is_a_path_is_only_metadata(app, client_for, kept, tmp_path):
+    nurse = client_for("nurse")
+    root = Path(store_for(app).root)
+    before_files = files_under(tmp_path)
+    for name in PATH_NAMES:
+        for parts in ({}, {"filename": name}):  # the file part's name, or the filename part
+            answer = upload(nurse, b"payload", "x.bin" if parts else name, **parts)
+            assert answer.status_code == 201, (name, answer.json)
+            if parts:  # (a backslash in the part header is a quoted-string escape)
+                assert answer.json["filename"] == name  # kept as given: it is a label
+            assert re.fullmatch(r"documents/[0-9a-f]{32}", answer.json["file_location"])
+            download = nurse.get(f"/api/documents/{answer.json['id']}/file")
+            disposition = download.headers["Content-Disposition"]
+            assert "/" not in disposition and "\\" not in disposition.split(";")[1], disposition
+            assert download.data == b"payload"
+    new_files = set(files_under(tmp_path)) - set(before_files)
+    assert len(new_files) == 2 * len(PATH_NAMES)
+    assert all(path.is_relative_to(root / "documents") for path in new_files), new_files
+    assert not (tmp_path / "etc").exists() and not Path("/etc/shadow").read_bytes() == b"payload"
+    for parts, name in (({}, "a\x00b.pdf"), ({"filename": "a\x00b.pdf"}, "x.pdf")):
+        answer = upload(nurse, b"payload", name, **parts)
+        assert_error_shape(answer, 422)
+        assert "filename" in answer.json["errors"]["form"]
+    assert len(files_under(tmp_path)) == len(before_files) + 2 * len(PATH_NAMES)
+    assert stored_documents()[0] == {**stored_documents()[0], "id": kept["id"], "size": len(KEPT)}
+    assert nurse.get(f"/api/documents/{kept['id']}").json == kept
+    assert nurse.get(f"/api/documents/{kept['id']}/file").data == KEPT
+
+
+@POSTGRESQL
+@pytest.mark.parametrize(
+    ("declared", "served"),
+    [
+        ("image/png", "image/png"),  # HTML that says it is an image
+        ("text/html", "text/html"),  # HTML that says so
+        ("image/png; charset=\"><script>\"", "image/png"),
+        ("text/<script>", "application/octet-stream"),
+    ],
+)
+def test_a_content_type_that_lies_never_runs_as_a_page(client_for, kept, declared, served):
+    nurse = client_for("nurse")
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    answer = upload(nurse, page, "scan.png", content_type=declared)
+    assert answer.status_code == 201, answer.json
+    download = nurse.get(f"/api/documents/{answer.json['id']}/file")
+    assert download.data == page
+    assert download.mimetype == served
+    assert download.headers["Content-Disposition"].startswith("attachment;")
+    assert download.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in download.headers["Content-Security-Policy"]
+    assert nurse.get(f"/api/documents/{kept['id']}/file").data == KEPT
+
+
+def zip_bomb(inflated: int) -> bytes:
+    """A zip holding ``inflated`` zero bytes, written a megabyte at a time."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("zeros.bin", "w", force_zip64=True) as member:
+            chunk = bytes(MB)
+            for _ in range(inflated // MB):
+                member.write(chunk)
+    return out.getvalue()
+
+
+@POSTGRESQL
+def test_a_zip_bomb_is_stored_as_its_bytes_never_inflated(app, client_for, kept):
+    bomb = zip_bomb(512 * MB)
+    assert len(bomb) < MB
+    growth, answer = peak_growth_mb(
+        lambda: upload(client_for("nurse"), bomb, "bomb.zip", content_type="application/zip")
+    )
+    assert answer.status_code == 201, answer.json
+    assert answer.json["size"] == len(bomb)
+    assert growth < 40, f"memory grew by {growth:.0f} MB"
+    download = client_for("nurse").get(f"/api/documents/{answer.json['id']}/file")
+    assert download.data == bomb and download.mimetype == "application/zip"
+    assert client_for("nurse").get(f"/api/documents/{kept['id']}/file").data == KEPT
+
+
+def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A PNG of a few hundred bytes whose header declares width x height pixels (3.6
+    gigapixels: 14 GB decoded as RGBA)."""
+    out = io.BytesIO()
+    Image.new("L", (8, 8)).save(out, "PNG")
+    data = bytearray(out.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # the IHDR chunk's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+# Hostile text, by kind -------------------------------------------------------------------
+# What must come back as itself: never run, never a wildcard, never markup, never a formula.
+HOSTILE_STUDY = "<b>Trial</b> {{7*7}} ' OR 1=1 --"
+# The report lists unreadable images by name: a bomb, and files that only say they are images.
+HOSTILE_IMAGES = {
+    "{{7*7}} {% print(7*7) %} ${7*7}.png": "a possible decompression bomb",
+    "<script>alert(1)</script>.jpg": "cannot be decoded as an image",
+    "' OR 1=1 -- 100% a_b.jpg": "cannot be decoded as an image",
+}
+HOSTILE_NAME = '<img src=x onerror="alert(1)"> {{7*7}}'
+
+
+def pdf_text(pdf: bytes) -> str:
+    reader = PdfReader(io.BytesIO(pdf))
+    return re.sub(r"\s+", " ", " ".join(page.extract_text() for page in reader.pages))
+
+
+@POSTGRESQL
+def test_the_report_and_its_email_show_hostile_data_as_text_and_refuse_the_bomb(
+    make_app, smtp_sink, monkeypatch
+):
+    """Through the real paths: uploads by the API (made last week: only a week that has
+    ended is sent), the report run by the API and the job queue, the email at a real SMTP
+    server."""
+    app = make_app(SMTP_URL=smtp_sink.url, REPORTING_PUBLIC_URL="https://caredeck.example.org")
+    admin = app.test_client()
+    with database.connection_context():
+        reader = User.create_user(
+            "reader@example.org", ROLE_PASSWORD, name=HOSTILE_NAME, role="admin", status="active"
+        )
+        subscriptions.create(
+            reader,
+            {"weekday": "monday", "time": "08:00", "timezone": "UTC", "study": HOSTILE_STUDY},
+        )
+    token = admin.post(
+        "/api/auth/token", json={"email": "reader@example.org", "password": ROLE_PASSWORD}
+    ).json["access_token"]
+    admin.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    week = timing.last_full_week(datetime.datetime.now(datetime.UTC), "UTC")
+    monday = timing.week_monday(week)
+    last_week = datetime.datetime.combine(monday, datetime.time(12), datetime.UTC)
+    monkeypatch.setattr(records, "utcnow", lambda: last_week + datetime.timedelta(days=2))
+    contents = [bomb_png(), b"<html><script>alert(1)</script>", b"\xff\xd8 not a JPEG"]
+    for (name, _), content in zip(HOSTILE_IMAGES.items(), contents, strict=True):
+        content_type = "image/png" if name.endswith(".png") else "image/jpeg"
+        answer = upload(admin, content, name, content_type, study=HOSTILE_STUDY)
+        assert answer.status_code == 201, answer.json
+    monkeypatch.undo()
+
+    answer = admin.post("/api/report-runs", json={"week": week})
+    assert answer.status_code == 202, answer.json
+    growth, _ = peak_growth_mb(lambda: run_jobs(app))
+    assert growth < 250, f"memory grew by {growth:.0f} MB while the report was made"
+
+    [message] = smtp_sink.wait_for(1)
+    assert message["To"] == "reader@example.org"
+    assert HOSTILE_STUDY in message["Subject"]
+    html = message.get_body(("html",)).get_content()
+    assert "<img src=x" not in html and "&lt;img src=x onerror=" in html
+    assert "{{7*7}}" in html and "49" not in html
+    text = message.get_body(("plain",)).get_content()
+    assert HOSTILE_NAME in text  # plain text is plain
+    [attachment] = list(message.iter_attachments())
+    report = pdf_text(attachment.get_content())
+    assert f"report {week}, {HOSTILE_STUDY}." in report
+    for name, why in HOSTILE_IMAGES.items():
+        assert f"{name} {why}" in report or f"{name} not decoded: {why}" in report, name
