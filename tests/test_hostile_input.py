@@ -168,9 +168,7 @@ def test_a_100_mb_body_is_a_413_before_it_is_read(client_for, method, path, cont
     body = Endless(HUNDRED_MB)
 
     def send():
-        return getattr(admin, method)(
-            path, input_stream=body, content_type=content_type
-        )
+        return getattr(admin, method)(path, input_stream=body, content_type=content_type)
 
     growth, answer = peak_growth_mb(send)
     error = assert_error_shape(answer, 413)
@@ -222,9 +220,7 @@ def test_json_nested_10000_levels_deep_is_a_400(client_for, method, path):
     before = snapshot_patients()
     caller = client_for("doctor" if "interactions" in path else "admin")
     for body in ("[" * 10_000 + "]" * 10_000, '{"a":' * 10_000 + "1" + "}" * 10_000):
-        answer = getattr(caller, method)(
-            path, data=body, content_type="application/json"
-        )
+        answer = getattr(caller, method)(path, data=body, content_type="application/json")
         error = assert_error_shape(answer, 400)
         assert "nested" in error["message"]
     # Brackets inside strings are text, not depth.
@@ -373,7 +369,7 @@ def test_an_upload_name_that_is_a_path_is_only_metadata(app, client_for, kept, t
     [
         ("image/png", "image/png"),  # HTML that says it is an image
         ("text/html", "text/html"),  # HTML that says so
-        ("image/png; charset=\"><script>\"", "image/png"),
+        ('image/png; charset="><script>"', "image/png"),
         ("text/<script>", "application/octet-stream"),
     ],
 )
@@ -495,3 +491,147 @@ def test_the_report_and_its_email_show_hostile_data_as_text_and_refuse_the_bomb(
     assert f"report {week}, {HOSTILE_STUDY}." in report
     for name, why in HOSTILE_IMAGES.items():
         assert f"{name} {why}" in report or f"{name} not decoded: {why}" in report, name
+
+
+# Monitoring ingestion and the CSV exports ---------------------------------------------------
+
+PATIENTS_HEADER = (
+    "patient_id,first_name,last_name,date_of_birth,primary_physician,insurance_provider,"
+    "blood_type,allergies"
+)
+ADMISSIONS_HEADER = (
+    "patient_id,hospitalization_case_number,admission_date,admission_time,release_date,"
+    "release_time,department,room_number"
+)
+WARD_AS_OF = "2026-03-05T12:00:00+00:00"  # the admissions below: open for days, never tested
+# Ingestion strips the blanks around a value, tabs and CRs included.
+STORED_FORMULAS = sorted(formula.strip() for formula in FORMULAS)
+
+
+def csv_bytes(header: str, rows: list[list[str]], bom: bool = False) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")  # quotes the tabs and CRs
+    writer.writerow(header.split(","))
+    writer.writerows(rows)
+    return (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode()
+
+
+def ingest_folder(app, folder: Path) -> list[str]:
+    lines: list[str] = []
+    with app.app_context():
+        ingest.ingest_source(str(folder), app=app, echo=lines.append)
+    return lines
+
+
+@pytest.fixture
+def ward(app, tmp_path):
+    """A patient file (with a BOM) and an admissions file whose text is formulas, HTML and
+    template syntax, ingested: one open admission per formula."""
+    folder = tmp_path / "pms"
+    folder.mkdir()
+    hostile = HTML + TEMPLATE
+    patients = [
+        [f"P-{n}", hostile[n % len(hostile)], formula, "1/2/1980", "", "", "", ""]
+        for n, formula in enumerate(FORMULAS)
+    ]
+    admissions = [
+        [f"P-{n}", f"C-{n}", "3/1/2026", "8:00:00 AM", "NULL", "NULL", formula, "+1"]
+        for n, formula in enumerate(FORMULAS)
+    ]
+    (folder / "patients.csv").write_bytes(csv_bytes(PATIENTS_HEADER, patients, bom=True))
+    (folder / "admissions.csv").write_bytes(csv_bytes(ADMISSIONS_HEADER, admissions))
+    lines = ingest_folder(app, folder)
+    assert all(" 0 rejected" in line and f"{len(FORMULAS)} inserted" in line for line in lines)
+    return folder
+
+
+def stored_rows() -> dict[str, list[dict]]:
+    with database.connection_context():
+        return {
+            model.__name__: list(model.select().order_by(model.id).dicts())
+            for model in (PmsPatient, Admission, Patient)
+        }
+
+
+@POSTGRESQL
+def test_hostile_csv_files_are_quarantined_or_rejected_and_change_nothing(app, ward, tmp_path):
+    before = stored_rows()
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    # Each file names a stored patient: whatever it did to P-0 would show.
+    latin1 = f"{PATIENTS_HEADER}\r\nP-0,Jos\xe9,M\xfcller,1/2/1980,,,,\r\n".encode("latin-1")
+    (folder / "latin1.csv").write_bytes(latin1)
+    with (folder / "long_line.csv").open("wb") as out:  # 10 MB lines, written as they go
+        out.write(f"{PATIENTS_HEADER}\r\nP-0,".encode())
+        out.write(b"x," * (5 * MB) + b"\r\nP-0,")  # 5 million fields
+        out.write(b"y" * (10 * MB) + b",Doe,1/2/1980,,,,\r\n")  # one 10 MB field
+    (folder / "long_header.csv").write_bytes(b"z" * (10 * MB))
+    wide = PATIENTS_HEADER + "".join(f",extra_{n}" for n in range(50_000 - 8))
+    (folder / "wide.csv").write_bytes(f"{wide}\r\nP-0,A,B,1/2/1980{',v' * 49_996}\r\n".encode())
+
+    growth, lines = peak_growth_mb(lambda: ingest_folder(app, folder))
+    assert growth < 60, f"memory grew by {growth:.0f} MB"
+    with database.connection_context():
+        ledger = {f.key: f for f in IngestFile.select() if f.key in os.listdir(folder)}
+        rejected = list(RejectedRow.select().where(RejectedRow.file == ledger["long_line.csv"]))
+    assert ledger["latin1.csv"].status == "quarantined"
+    assert "not UTF-8" in ledger["latin1.csv"].message
+    assert ledger["long_header.csv"].status == "quarantined"
+    assert "header line is longer than" in ledger["long_header.csv"].message
+    assert ledger["wide.csv"].status == "quarantined"
+    assert "50,000 columns" in ledger["wide.csv"].message
+    assert (ledger["long_line.csv"].status, ledger["long_line.csv"].rejected) == ("applied", 2)
+    assert [row.line for row in rejected] == [2, 3]
+    assert all(len(row.raw) <= ingest.MAX_RAW_CHARS + 40 for row in rejected)
+    assert all(len(row.reason) < 200 for row in rejected)
+    assert all(len(line) < 2000 for line in lines), "the summaries stay readable"
+    assert stored_rows() == before
+
+
+def cells_of(export) -> list[list[str]]:
+    assert export.status_code == 200 and export.mimetype == "text/csv", export.status_code
+    return list(csv.reader(io.StringIO(export.get_data(as_text=True))))
+
+
+def assert_no_formula_cell(rows: list[list[str]]) -> None:
+    for row in rows:
+        for value in row:
+            assert not value.startswith(FORMULA_PREFIXES), f"a formula in a cell: {value!r}"
+
+
+@POSTGRESQL
+def test_every_csv_export_neutralises_formulas_and_the_api_keeps_the_data(
+    app, ward, client_for, users
+):
+    nurse = client_for("nurse")
+    worklist = nurse.get(f"/api/monitoring/worklist?as_of={quote(WARD_AS_OF)}&page_size=100")
+    assert sorted(row["department"] for row in worklist.json) == STORED_FORMULAS  # as stored
+    rows = cells_of(nurse.get(f"/monitoring/worklist.csv?as_of={quote(WARD_AS_OF)}"))
+    assert len(rows) == 1 + len(FORMULAS)
+    assert_no_formula_cell(rows)
+    header = rows[0]
+    departments = sorted(row[header.index("department")] for row in rows[1:])
+    assert departments == sorted(
+        "'" + formula if formula[0] in "=+-@" else formula for formula in STORED_FORMULAS
+    )
+    assert {row[header.index("room")] for row in rows[1:]} == {"'+1"}
+    names = [row[header.index("name")] for row in rows[1:]]  # "last, first"
+    assert sorted(name.split(", ")[0] for name in names) == departments
+
+    # The audit log: a user whose address starts with a sign, and patients and searches
+    # named by formulas.
+    with database.connection_context():
+        User.update(email="+1@example.org").where(User.id == users["doctor"].id).execute()
+    doctor = client_for("doctor")
+    for formula in FORMULAS:
+        doctor.get(f"/api/patients/{quote(formula, safe='')}")
+        doctor.get(f"/api/patients?q={quote(formula, safe='')}")
+    rows = cells_of(client_for("admin").get("/admin/audit.csv"))
+    assert_no_formula_cell(rows)
+    header = rows[0]
+    assert {row[header.index("user")] for row in rows[1:]} >= {"'+1@example.org"}
+    patients = {row[header.index("patient")] for row in rows[1:]}
+    assert {"'" + formula for formula in FORMULAS if "/" not in formula} <= patients
+    assert client_for("admin").get("/api/audit?user=%2B1%40example.org").json[0]["user"] == (
+        "+1@example.org"
+    )
