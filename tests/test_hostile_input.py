@@ -635,3 +635,88 @@ def test_every_csv_export_neutralises_formulas_and_the_api_keeps_the_data(
     assert client_for("admin").get("/api/audit?user=%2B1%40example.org").json[0]["user"] == (
         "+1@example.org"
     )
+
+
+# Injection: search and filter parameters --------------------------------------------------
+
+# One patient per hostile text, as its last name; MRNs without "_" so that a wildcard "_"
+# would show.
+HOSTILE_TEXT = SQL + HTML + TEMPLATE
+
+
+def registry(client) -> dict[str, str]:
+    """The hostile patients, MRN to last name."""
+    names = {f"H-{n}": text for n, text in enumerate(HOSTILE_TEXT)}
+    for mrn, text in names.items():
+        create_patient(client, mrn, first_name="Hostile", last_name=text)
+    create_patient(client, "PLAIN-1", first_name="Anna", last_name="Schmidt")
+    return names
+
+
+def matches(names: dict[str, str], q: str) -> list[str]:
+    """What a literal search finds: every word occurs in the first name, last name or MRN."""
+    words = q.lower().split()
+    return sorted(
+        mrn
+        for mrn, last in {**names, "PLAIN-1": "Schmidt"}.items()
+        if all(
+            any(
+                word in field.lower()
+                for field in (mrn, last, "Anna" if mrn == "PLAIN-1" else "Hostile")
+            )
+            for word in words
+        )
+    )
+
+
+def test_patient_search_matches_sql_wildcards_and_markup_literally(client_for):
+    doctor = client_for("doctor")
+    names = registry(doctor)
+    for q in [*HOSTILE_TEXT, "%", "_", "\\", "%%", "' OR '1'='1", "*", ".*"]:
+        answer = doctor.get(f"/api/patients?q={quote(q, safe='')}&page_size=100")
+        assert answer.status_code == 200, (q, answer.json)
+        assert sorted(p["mrn"] for p in answer.json) == matches(names, q), q
+    # "100%" and "{% print(7*7) %}"
+    assert [p["mrn"] for p in doctor.get("/api/patients?q=%25").json] == ["H-2", "H-8"]
+    # "core_patients" and "a_b"
+    assert [p["mrn"] for p in doctor.get("/api/patients?q=_").json] == ["H-1", "H-3"]
+    assert [p["mrn"] for p in doctor.get("/api/patients?q=%5C").json] == ["H-4"]  # back\slash
+    assert_error_shape(doctor.get("/api/patients?sex=' OR 1=1 --"), 422)
+    assert len(doctor.get("/api/patients?page_size=100").json) == len(names) + 1  # all there
+
+
+@POSTGRESQL
+def test_worklist_audit_and_document_filters_take_hostile_text_literally(app, ward, client_for):
+    nurse = client_for("nurse")
+
+    def worklist(**params) -> list[str]:
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        answer = nurse.get(f"/api/monitoring/worklist?as_of={quote(WARD_AS_OF)}&{query}")
+        assert answer.status_code == 200, answer.json
+        return sorted(row["mrn"] for row in answer.json)
+
+    for q in ["%", "_", "\\", "' OR 1=1 --", "'; DROP TABLE monitoring_admissions; --"]:
+        assert worklist(q=q) == (["P-3"] if q == "%" else []), q  # "{% print(7*7) %}"
+        assert worklist(department=q) == [], q
+    assert worklist(department="+1+1") == ["P-1"]
+    assert worklist(department='=HYPERLINK("http://evil.example/","open")') == ["P-0"]
+    assert worklist(q="{{7*7}}") == ["P-2"]  # the first name, as text
+    assert worklist(q="onerror=") == ["P-1"]
+    assert len(worklist()) == len(FORMULAS)  # nothing was dropped
+
+    admin = client_for("admin")
+    for text in ["' OR 1=1 --", "%", "_", "*", "<script>alert(1)</script>"]:
+        for name in ("user", "patient"):
+            answer = admin.get(f"/api/audit?{name}={quote(text, safe='')}")
+            assert answer.status_code == 200 and answer.json == [], (name, text)
+    assert admin.get("/api/audit?page_size=100").json, "the log itself is there"
+
+    study = upload(nurse, KEPT, "kept.pdf", study=HOSTILE_STUDY).json["study"]
+    assert study == HOSTILE_STUDY
+    upload(nurse, KEPT, "other.pdf", study="ONC-1")
+    for text in ["%", "_", "' OR 1=1 --", "<b>Trial</b>"]:
+        answer = nurse.get(f"/api/documents?study={quote(text, safe='')}")
+        assert answer.status_code == 200 and answer.json == [], text
+    found = nurse.get(f"/api/documents?study={quote(HOSTILE_STUDY, safe='')}").json
+    assert [d["filename"] for d in found] == ["kept.pdf"]
+    assert_error_shape(nurse.get("/api/monitoring/worklist?sort=name;DROP TABLE x"), 422)
