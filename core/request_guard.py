@@ -25,7 +25,8 @@ from flask_smorest import abort
 
 MAX_JSON_DEPTH = 64  # the deepest body any route takes is a handful of levels
 NUL = "\x00"
-NUL_MESSAGE = "Must not contain NUL characters."
+# The words the plugins' own field checks use for the same refusal.
+NUL_MESSAGE = "Must not contain control or invalid characters (here, a NUL)."
 # A JSON string (with its escapes), removed before the brackets are counted.
 JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")

