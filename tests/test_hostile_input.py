@@ -292,6 +292,11 @@ def test_a_nul_character_anywhere_is_a_422_naming_it_and_is_audited(app, client_
     for method, url, body, field in bodies:
         error = assert_error_shape(getattr(admin, method)(url, json=body), 422)
         assert error["errors"] == {"json": {field: [NUL_MESSAGE]}}, url
+    browser = app.test_client()  # a form, with the session's CSRF token
+    token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/login").text).group(1)
+    form = {"email": "a\x00@example.org", "password": "x", "csrf_token": token}
+    refused = browser.post("/login", data=form)
+    assert refused.status_code == 422 and "NUL" in refused.text
     assert snapshot_patients() == [{"mrn": "MRN-1", "first_name": "Anna", "last_name": "Kept"}]
     with database.connection_context():
         refused = AuditEvent.get(AuditEvent.path == "/api/patients/a\ufffdb")
@@ -498,6 +503,7 @@ def test_the_report_and_its_email_show_hostile_data_as_text_and_refuse_the_bomb(
     assert_error_shape(admin.patch("/api/documents/1", json={"study": injection}), 422)
     for name, why in HOSTILE_IMAGES.items():
         assert f"{name} {why}" in report or f"{name} not decoded: {why}" in report, name
+    assert "object at 0x" not in report  # reasons name the file's problem, not Python's
 
 
 # Monitoring ingestion and the CSV exports ---------------------------------------------------
