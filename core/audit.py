@@ -84,14 +84,20 @@ def outcome_of(status: int) -> str:
     return "error" if status >= 500 else "allowed"
 
 
+def _storable(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL cannot store: a refused request
+    whose URL held one is still recorded."""
+    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
 def record(status: int, action: str, patient: str | None) -> AuditEvent:
     user = g.get("user")
     return AuditEvent.create(
         user=user.email if user else None,
         role=user.role if user else None,
         action=action,
-        patient=patient[:64] if patient else None,
-        path=request.full_path.rstrip("?")[:2000],
+        patient=_storable(patient[:64]) if patient else None,
+        path=_storable(request.full_path.rstrip("?")[:2000]),
         outcome=outcome_of(status),
         address=request.remote_addr,
         request_id=g.get("request_id"),
