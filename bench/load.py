@@ -96,7 +96,7 @@ def wrk(base: str, paths: list[str], token: str, args, work: Path, name: str) ->
     script.write_text(WRK_SCRIPT)
     done = subprocess.run(  # noqa: S603 (our own command line)
         [
-            "wrk",
+            shutil.which("wrk"),
             f"--threads={args.threads}",
             f"--connections={args.connections}",
             f"--duration={args.duration}s",
