@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         recreate_database(args.database_url, "load")
         monitoring_bench.prepare_database(config)
         log(f"generating {args.patients} patients and {args.tests} lab tests")
+        (work / "csv").mkdir()
         monitoring_bench.generate(work / "csv", args.patients, args.tests)
         ingest = monitoring_bench.run_ingest(config, work / "csv", timeout=1800)
         if "error" in ingest:
