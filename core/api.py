@@ -8,20 +8,26 @@ loads its JavaScript from a CDN is a blank page there.
 
 from __future__ import annotations
 
+import http
 import logging
 from collections.abc import Mapping
 
 import flask_smorest
+import peewee
 import swagger_ui_bundle
 from apispec import BasePlugin
 from flask import Blueprint, g, render_template, request, send_from_directory, url_for
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 import core
 from core.auth.access import PUBLIC, ROLES, declared_access, public
 
 log = logging.getLogger("caredeck.api")
 MAX_PAGE = 100_000
+DATABASE_UNAVAILABLE = "The database cannot be reached right now; try again shortly."
+# Every 503 says when to try again: what was unavailable (the database, the message bus)
+# is usually back within seconds.
+RETRY_AFTER_SECONDS = 5
 
 
 def wants_json() -> bool:
@@ -46,33 +52,6 @@ def describe_errors(errors: Mapping, prefix: str = "") -> list[str]:
     return lines
 
 
-NUL = "\x00"
-# The sentence the plugins use for their own control-character checks, for one wording.
-NUL_REASON = "Must not contain control or invalid characters."
-
-
-def fields_with_nul(data) -> dict:
-    """``{field: [reason]}`` (nested like the data) for each string in ``data``, a parsed
-    JSON document or query, that contains NUL; a list's items are named by position."""
-    if isinstance(data, dict):
-        items = data.items()
-    elif isinstance(data, list):
-        items = enumerate(data)
-    else:
-        return {}
-    found = {}
-    for key, value in items:
-        if NUL in str(key) or (isinstance(value, str) and NUL in value):
-            found[key] = [NUL_REASON]
-        elif isinstance(value, list) and any(isinstance(v, str) and NUL in v for v in value):
-            found[key] = [NUL_REASON]  # a repeated query parameter
-        else:
-            nested = fields_with_nul(value)
-            if nested:
-                found[key] = nested
-    return found
-
-
 class Api(flask_smorest.Api):
     def handle_http_exception(self, error: HTTPException):
         data = getattr(error, "data", None) or {}
@@ -89,6 +68,8 @@ class Api(flask_smorest.Api):
         headers = dict(data.get("headers") or {})
         if error.code == 401 and wants_json():
             headers.setdefault("WWW-Authenticate", 'Bearer realm="caredeck"')
+        if error.code == 503:
+            headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             headers.setdefault("Allow", ", ".join(error.valid_methods))
         payload = {
@@ -104,10 +85,12 @@ class Api(flask_smorest.Api):
 
 
 class CommonResponses(BasePlugin):
-    """Document on every operation the answers it can give before its view runs, so that
-    clients (and the fuzz test) find every status code listed: 400 for a body that is not
-    JSON; from the view's ``allow()`` declaration, 401 without a valid token and 403 for a
-    role it does not allow; 404 for a path naming nothing (or another patient's record)."""
+    """Document on every operation the answers it can give before (or around) its view, so
+    that clients, and the fuzz test, find every status code listed: from the view's
+    ``allow()`` declaration, 401 without a valid token and 403 for a role it does not allow;
+    404 for a path naming nothing (or another patient's record); 400 and 413 for a body
+    that is not JSON, nested too deep or too large; 422 for input ``request_guard`` refuses
+    (a NUL anywhere); 503 while the database cannot be reached."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -118,21 +101,22 @@ class CommonResponses(BasePlugin):
             return
         view = self.app.view_functions[rule.endpoint]
         for method, operation in (operations or {}).items():
-            answers = {}
+            codes = {422, 503}
             if "requestBody" in operation:
-                answers[400] = "BAD_REQUEST"
+                codes |= {400, 413}
             declared = declared_access(view, method.upper())
             if declared is not None and declared != PUBLIC:
-                answers[401] = "UNAUTHORIZED"
+                codes.add(401)
                 if set(ROLES) - declared:
-                    answers[403] = "FORBIDDEN"
+                    codes.add(403)
             if rule.arguments:
-                answers[404] = "NOT_FOUND"
+                codes.add(404)
             responses = operation.setdefault("responses", {})
             documented = {str(code) for code in responses}
-            for code, name in answers.items():
+            for code in sorted(codes):
                 if str(code) not in documented:
-                    responses[code] = name
+                    # flask-smorest registers an error response per status, by its name.
+                    responses[code] = http.HTTPStatus(code).name
 
 
 # flask-smorest documents X-Pagination with an object schema, which OpenAPI reads as the
@@ -201,30 +185,13 @@ def init_app(app) -> Api:
                 errors={"query": {"page": [f"Must be at most {MAX_PAGE}."]}},
             )
 
-    @app.before_request
-    def _refuse_nul_characters():
-        # PostgreSQL cannot store NUL in text, so a NUL anywhere in the input would reach the
-        # database as an error (a 500); no field means anything by it, so it is refused here,
-        # once, for every API operation: after the access check, before the view. (Form
-        # bodies are left to their views: an upload is streamed, never parsed here.)
-        if not wants_json() or request.endpoint is None:
-            return
-        if any(NUL in str(value) for value in (request.view_args or {}).values()):
-            flask_smorest.abort(404, message="There is no such record.")
-        errors = {}
-        for location, data in (
-            ("query", request.args.to_dict(flat=False)),
-            ("json", request.get_json(silent=True) if request.is_json else None),
-        ):
-            found = fields_with_nul(data)
-            if found:
-                errors[location] = found
-        if errors:
-            flask_smorest.abort(
-                422,
-                message="The request is invalid: text must not contain NUL characters.",
-                errors=errors,
-            )
+    # A database that cannot be reached (restarting, failing over) or a statement it
+    # cancelled: the request may well succeed in a moment, so say so instead of a 500.
+    @app.errorhandler(peewee.OperationalError)
+    @app.errorhandler(peewee.InterfaceError)
+    def _database_unavailable(error: Exception):
+        log.error("database unavailable in %s %s: %s", request.method, request.path, error)
+        return api.handle_http_exception(ServiceUnavailable(DATABASE_UNAVAILABLE))
 
     # HTTP errors (unknown routes included) reach Api.handle_http_exception through
     # flask-smorest; anything else that escapes a view is a 500 in the same shape.

@@ -16,7 +16,17 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import core
 from core import api as api_module
-from core import audit, dashboard, db, health, metrics, patients, plugins, requestlog
+from core import (
+    audit,
+    dashboard,
+    db,
+    health,
+    metrics,
+    patients,
+    plugins,
+    request_guard,
+    requestlog,
+)
 from core.auth import access, limits, users_api
 from core.auth import api as auth_api
 from core.auth import views as auth_views
@@ -97,7 +107,10 @@ def create_app(
     for name, setting_list in plugins.call(manager, "caredeck_settings", app=app).items():
         app.config.update(_plugin_settings(name, setting_list, config, app.config))
     app.config.update(
-        MAX_CONTENT_LENGTH=64 * 1024 * 1024,
+        # Any larger body is a 413 before it is read (from its Content-Length, or as soon as
+        # a chunked body passes the limit). The largest JSON body (10,000 medication events)
+        # is about 3 MB; document uploads set their own, larger limit (REPORTING_UPLOAD_MAX_BYTES).
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
         SESSION_COOKIE_NAME="caredeck_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -112,6 +125,7 @@ def create_app(
     metrics.init_app(app)
     db.init_app(app)
     access.init_app(app)
+    request_guard.init_app(app)  # after the access checks: a refused caller's body is not read
     audit.init_app(app)
     limits.init_app(app)
     state = Caredeck(

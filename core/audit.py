@@ -84,10 +84,10 @@ def outcome_of(status: int) -> str:
     return "error" if status >= 500 else "allowed"
 
 
-def storable(text: str) -> str:
-    """``text`` as asked, with NUL (which PostgreSQL cannot store) written out as ``\\x00``:
-    an attempt with a NUL in its URL is recorded like any other."""
-    return text.replace("\x00", "\\x00")
+def _storable(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL cannot store: a refused request
+    whose URL held one is still recorded."""
+    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")
 
 
 def record(status: int, action: str, patient: str | None) -> AuditEvent:
@@ -96,8 +96,8 @@ def record(status: int, action: str, patient: str | None) -> AuditEvent:
         user=user.email if user else None,
         role=user.role if user else None,
         action=action,
-        patient=storable(patient)[:64] if patient else None,
-        path=storable(request.full_path.rstrip("?"))[:2000],
+        patient=_storable(patient[:64]) if patient else None,
+        path=_storable(request.full_path.rstrip("?")[:2000]),
         outcome=outcome_of(status),
         address=request.remote_addr,
         request_id=g.get("request_id"),

@@ -9,6 +9,7 @@ from hello_plugin import plugin as hello
 from playhouse.pool import PooledDatabase
 
 from core import db
+from core.api import DATABASE_UNAVAILABLE
 from core.db import database
 
 
@@ -171,3 +172,20 @@ def test_readyz_reports_a_database_that_went_away(app, caredeck_database_url):
     finally:
         pooled.connect_params["port"] = port
     assert app.test_client().get("/readyz").status_code == 200
+
+
+@POSTGRESQL_ONLY  # SQLite has no server to lose
+def test_an_api_call_while_the_database_is_down_is_a_503_to_retry(app, client_for):
+    client = client_for("admin")  # its token is issued while the database is up
+    pooled = database.obj
+    pooled.close_idle()  # the pool holds none: the request must connect
+    port = pooled.connect_params["port"]
+    pooled.connect_params["port"] = 9  # and nothing listens there
+    try:
+        response = client.post("/api/patients", json={"mrn": "DOWN-1", "first_name": "A"})
+        assert response.status_code == 503, response.json
+        assert response.headers["Retry-After"] == "5"
+        assert response.json["message"] == DATABASE_UNAVAILABLE
+    finally:
+        pooled.connect_params["port"] = port
+    assert client.get("/api/patients").status_code == 200

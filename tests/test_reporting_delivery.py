@@ -241,7 +241,7 @@ def test_a_batch_whose_claim_expired_stops_and_nothing_is_sent_twice(
         run, ids = _rendered(app, monkeypatch)
         # Batch A stalls in its first send (a paused process) past the lease: the scheduler
         # gives its rows back and a second batch is dispatched for them.
-        later = pipeline.utcnow() + pipeline.SEND_LEASE + datetime.timedelta(minutes=1)
+        later = pipeline.utcnow() + pipeline.send_lease() + datetime.timedelta(minutes=1)
         _during_first_send(monkeypatch, lambda: pipeline.recover_stalled(later))
         pipeline.send_batch(run.id, ids)  # batch A: sends its first, then stops
         ReportRun.update(state="sending").where(ReportRun.id == run.id).execute()
@@ -258,7 +258,7 @@ def test_a_worker_clock_behind_the_schedulers_does_not_expire_a_live_claim(
     real = pipeline.utcnow
     with app.app_context(), database.connection_context():
         run, ids = _rendered(app, monkeypatch)
-        behind = pipeline.SEND_LEASE + datetime.timedelta(minutes=1)
+        behind = pipeline.send_lease() + datetime.timedelta(minutes=1)
         monkeypatch.setattr(pipeline, "utcnow", lambda: real() - behind)  # the worker's clock
 
         def scheduler_elsewhere():

@@ -4,6 +4,7 @@ whatever retries, duplicated jobs and crashed workers do; failures recorded, nev
 import datetime
 import email
 import email.policy
+import time
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,30 @@ def test_a_stalled_render_is_taken_over(app, subscribers, fake):
         pipeline.recover_stalled()  # a second scheduler: nothing more enqueued
     run_jobs(app)
     assert renderer.calls == [(None, WEEK)] and len(outbox(app)) == 3
+
+
+def test_a_live_render_longer_than_its_lease_keeps_its_run(app, subscribers, fake, monkeypatch):
+    """The worker renews the lease while it renders: the scheduler, looking in the middle
+    of a render two leases long, takes nothing over: the render moves the run on."""
+    app.config["REPORTING_RENDER_LEASE_SECONDS"] = 4
+    lease_at_start, lease_at_end = [], []
+
+    def slow_render(study, week):
+        lease_at_start.append(ReportRun.get().lease_until)
+        time.sleep(9)
+        with database.connection_context():
+            pipeline.recover_stalled()  # the scheduler, two leases in
+            lease_at_end.append(ReportRun.get().lease_until)
+        return fake(study, week)
+
+    monkeypatch.setattr(pipeline, "render", slow_render)
+    with app.app_context(), database.connection_context():
+        run = pipeline.ensure_run(None, WEEK)
+        pipeline.add_all_recipients(run)
+        pipeline.render_run(run.id)
+        assert ReportRun.get_by_id(run.id).state in ("sending", "succeeded")
+    assert fake.calls == [(None, WEEK)]
+    assert lease_at_end[0] > lease_at_start[0] + datetime.timedelta(seconds=4)
 
 
 def test_one_run_per_scope(app, client_for, users, fake):

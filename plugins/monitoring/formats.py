@@ -59,6 +59,11 @@ MISSING = frozenset({"", "NULL", "NA", "N/A"})
 UTC = datetime.UTC
 CACHE_LIMIT = 200_000  # entries per cache, so hostile input cannot grow memory unbounded
 MIN_YEAR, MAX_YEAR = 1800, 2200
+# Real files have about ten columns, and a few more after a schema change. A header with
+# more (50,000 in a hostile file) quarantines the file instead of adding a finding per
+# column and keeping every value of every row in its extra.
+MAX_COLUMNS = 1000
+SHOWN_EXTRA_VALUES = 5  # extra values named in a rejection (a row can have millions)
 
 
 class RowError(ValueError):
@@ -350,6 +355,10 @@ def _join(names) -> str:
 
 def recognise(header: list[str], aliases: dict[str, dict[str, str]]) -> Layout | Quarantine:
     """The table a header belongs to, or why the file must be quarantined."""
+    if len(header) > MAX_COLUMNS:
+        return Quarantine(
+            f"the header has {len(header):,} columns; a PMS or LIS file has at most {MAX_COLUMNS:,}"
+        )
     names = [normalise(name) for name in header]
     if not any(names):
         return Quarantine("the file has no header")
@@ -537,9 +546,12 @@ def row_reader(layout: Layout, clock: LocalClock):
             if len(fields) < width:
                 raise RowError(f"the row has {len(fields)} fields; the header has {width}")
             if any(value.strip() for value in fields[width:]):
+                extra = len(fields) - width
+                shown = fields[width : width + SHOWN_EXTRA_VALUES]
+                more = f" and {extra - len(shown):,} more" if extra > len(shown) else ""
                 raise RowError(
                     f"the row has {len(fields)} fields; the header has {width} "
-                    f"(extra values {fields[width:]!r})"
+                    f"(extra values {shown!r}{more})"
                 )
         values = [reader(fields) for reader in readers]
         if unknown:

@@ -85,6 +85,13 @@ BATCH_ROWS = 50_000
 FIRST_BATCH_ROWS = 2_000
 SWITCH_INTERVAL_S = 0.0005  # see _batches
 MAX_REJECTED_KEPT = 1000
+# A rejected row's text is kept up to this many characters (a hostile line can be 10 MB).
+MAX_RAW_CHARS = 1000
+# A line longer than this (a real row is under a kilobyte) is rejected without being split
+# into fields: 10 MB of "x," are 5 million fields, 300 MB of Python strings.
+MAX_LINE_CHARS = 1 << 20
+# What the CSV reader gets instead of an overlong line (NUL: no real row holds one).
+OVERLONG = "\x00caredeck: overlong line\x00"
 QUARANTINED, APPLIED = "quarantined", "applied"
 FINDINGS_KEPT = 1000  # per kind and file; a bulk load's findings beyond that are counted
 STAGE = "monitoring_stage"
@@ -311,9 +318,12 @@ class _Run:
         text = io.TextIOWrapper(
             io.BufferedReader(reader, sources.CHUNK), encoding="utf-8-sig", newline=""
         )
-        rows = csv.reader(text)
+        lines = _BoundedLines(text)
+        rows = csv.reader(lines)
         try:
             header = next(rows)
+            if lines.overlong:
+                raise _Quarantine(f"the header line is longer than {MAX_LINE_CHARS:,} characters")
         except StopIteration:
             raise _Quarantine("the file is empty: it has no header") from None
         except UnicodeDecodeError:
@@ -341,7 +351,7 @@ class _Run:
         writer.begin()
         read_count = 0
         try:
-            for batch in _batches(rows, layout, self.clock, writer.prepare, reader):
+            for batch in _batches(rows, layout, self.clock, writer.prepare, reader, lines):
                 read_count += batch.read
                 if batch.rows:
                     inserted, updated = writer.write(batch)
@@ -481,10 +491,40 @@ class _Batch:
     release_findings: list[tuple[str, str, str]]
 
 
+class _BoundedLines:
+    """The lines of ``text``, each read with at most ``MAX_LINE_CHARS`` characters in
+    memory: a longer line is skipped a chunk at a time and given to the CSV reader as the
+    single field ``OVERLONG`` (``overlong`` counts them)."""
+
+    def __init__(self, text: io.TextIOBase) -> None:
+        self.text = text
+        self.overlong = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = self.text.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            raise StopIteration
+        if len(line) <= MAX_LINE_CHARS:
+            return line
+        while not line.endswith(("\n", "\r")):  # the rest of the line, unread
+            line = self.text.readline(sources.CHUNK)
+            if not line:
+                break
+        self.overlong += 1
+        return OVERLONG + "\r\n"
+
+
 def _raw(fields: list[str]) -> str:
+    """The row as CSV text, for the record of its rejection (cut at ``MAX_RAW_CHARS``)."""
     out = io.StringIO()
     csv.writer(out, lineterminator="").writerow(fields)
-    return out.getvalue().replace("\x00", "\\x00")
+    text = out.getvalue()
+    if len(text) > MAX_RAW_CHARS:
+        text = text[:MAX_RAW_CHARS] + f"... ({len(text):,} characters)"
+    return text.replace("\x00", "\\x00")
 
 
 def _parse(
@@ -493,6 +533,7 @@ def _parse(
     clock: formats.LocalClock,
     prepare: Callable[[list], object],
     reader: sources.HashingReader | None = None,
+    lines: _BoundedLines | None = None,
 ) -> Iterator[_Batch]:
     """Batches of database-ready row tuples, read from the CSV stream."""
     table = layout.table
@@ -519,6 +560,10 @@ def _parse(
         if not fields:
             continue  # a blank line
         count += 1
+        if lines is not None and lines.overlong and any(OVERLONG in f for f in fields):
+            reason = f"the line is longer than {MAX_LINE_CHARS:,} characters; it was not read"
+            rejected.append((line, reason, ""))
+            continue
         try:
             if reader is not None and reader.nul_seen and any("\x00" in f for f in fields):
                 raise formats.RowError("the row contains a NUL character")
@@ -546,6 +591,7 @@ def _batches(
     clock: formats.LocalClock,
     prepare: Callable[[list], object],
     reader: sources.HashingReader | None = None,
+    lines: _BoundedLines | None = None,
 ) -> Iterator[_Batch]:
     """:func:`_parse` in a reader thread, one batch ahead of the database, so that parsing
     (Python) and loading (the database server) use both cores. Errors are re-raised here.
@@ -559,7 +605,7 @@ def _batches(
 
     def produce() -> None:
         try:
-            for batch in _parse(rows, layout, clock, prepare, reader):
+            for batch in _parse(rows, layout, clock, prepare, reader, lines):
                 while not cancelled.is_set():
                     try:
                         handoff.put(batch, timeout=0.1)

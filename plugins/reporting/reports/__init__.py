@@ -56,6 +56,21 @@ SETTINGS: list = [
         integer(minimum=1),
         "Recipients per send job (each job sends over one SMTP connection).",
     ),
+    Setting(
+        "REPORTING_RENDER_LEASE_SECONDS",
+        "120",
+        integer(minimum=4),
+        "A worker renews its claim on the run it renders every quarter of this; a run not "
+        "renewed for this long (its worker died) is rendered by another worker.",
+    ),
+    Setting(
+        "REPORTING_SEND_LEASE_SECONDS",
+        "600",
+        integer(minimum=10),
+        "A send job's claim on its recipients lasts this long after the last email it sent; "
+        "past it (the worker died) they go to another job. Keep it well above the SMTP "
+        "timeout. Short leases recover sooner but re-dispatch more when the queue is long.",
+    ),
 ]
 
 

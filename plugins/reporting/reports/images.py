@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import BinaryIO
 
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 # The most pixels decoded for one image, counted after a JPEG's reduced decoding (so a JPEG
 # whose header declares up to 64 times this is still decoded, at 1/8 scale). 16 megapixels
@@ -103,6 +103,8 @@ def examine(data: bytes | BinaryIO, *, thumbnail: bool = False) -> ImageFacts:
                 return _decode(image, width, height, thumbnail)
     except Image.DecompressionBombError as error:
         return ImageFacts(unreadable=f"not decoded: a possible decompression bomb ({error})")
+    except UnidentifiedImageError:  # its message names a Python object, not the file
+        return ImageFacts(unreadable="cannot be decoded as an image: not a format Pillow reads")
     # Pillow raises many types on a broken file (OSError, SyntaxError, ValueError,
     # struct.error, EOFError, ...): each of them means "this is not a readable image".
     except Exception as error:  # noqa: BLE001

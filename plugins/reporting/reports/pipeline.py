@@ -25,11 +25,13 @@ back-off (Dramatiq) up to ``MAX_DELIVERY_ATTEMPTS``, then recorded as ``failed``
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import io
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterable
 
@@ -51,10 +53,8 @@ from plugins.reporting.reports.models import (
 log = logging.getLogger("caredeck.reporting")
 
 RENDER_TIME_LIMIT = datetime.timedelta(minutes=15)
-RENDER_LEASE = datetime.timedelta(minutes=20)  # longer than the time limit: past it, stalled
 MAX_RENDER_ATTEMPTS = 3
 SEND_TIME_LIMIT = datetime.timedelta(minutes=5)
-SEND_LEASE = datetime.timedelta(minutes=10)
 MAX_DELIVERY_ATTEMPTS = 5
 # The scheduler renders a week only once it has ended in the hospital's zone (``TIMEZONE``,
 # the zone the report's bounds are taken in), plus this: a subscriber east of the hospital
@@ -89,6 +89,46 @@ def db_now(offset: datetime.timedelta = datetime.timedelta(0)) -> peewee.Node:
 
 
 # Seams to the other parts of the plugin (the renderer, the file store) --------------------
+
+
+def render_lease() -> datetime.timedelta:
+    """How long a rendering run stays its worker's without a sign of life: the worker
+    renews it while it renders (``_renewing``), so a run whose worker died is taken over
+    this long after its last renewal, however long rendering may take."""
+    return datetime.timedelta(seconds=current_app.config["REPORTING_RENDER_LEASE_SECONDS"])
+
+
+def send_lease() -> datetime.timedelta:
+    """How long a batch's claim and a sending run's lease last without a sign of life; each
+    email a batch sends renews its claim (``_fence``)."""
+    return datetime.timedelta(seconds=current_app.config["REPORTING_SEND_LEASE_SECONDS"])
+
+
+@contextlib.contextmanager
+def _renewing(run_id: int, lease: datetime.timedelta):
+    """Renew a rendering run's lease every quarter lease until the block ends, from a
+    thread with its own connection: a live worker keeps its run, a dead one stops renewing."""
+    stop = threading.Event()
+    app = current_app._get_current_object()
+
+    def renew() -> None:
+        with app.app_context():
+            while not stop.wait(lease.total_seconds() / 4):
+                try:
+                    with database.connection_context():
+                        ReportRun.update(lease_until=utcnow() + lease).where(
+                            (ReportRun.id == run_id) & (ReportRun.state == "rendering")
+                        ).execute()
+                except peewee.DatabaseError:
+                    log.warning("report run %s: could not renew its lease", run_id)
+
+    thread = threading.Thread(target=renew, name=f"lease-run-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def render(study: str | None, week: str):
@@ -222,7 +262,7 @@ def kick(run_id: int, now: datetime.datetime | None = None, *, scheduled: bool =
             .where(
                 (ReportRun.id == run.id)
                 & (ReportRun.state == "queued")
-                & (ReportRun.enqueued_at.is_null() | (ReportRun.enqueued_at < now - RENDER_LEASE))
+                & (ReportRun.enqueued_at.is_null() | (ReportRun.enqueued_at < now - render_lease()))
             )
             .execute()
         )
@@ -238,7 +278,7 @@ def kick(run_id: int, now: datetime.datetime | None = None, *, scheduled: bool =
         return False
     won = (
         ReportRun.update(
-            state="sending", lease_until=now + SEND_LEASE, enqueued_at=now, finished_at=None
+            state="sending", lease_until=now + send_lease(), enqueued_at=now, finished_at=None
         )
         .where((ReportRun.id == run.id) & (ReportRun.state == run.state))
         .where(
@@ -258,7 +298,8 @@ def recover_stalled(now: datetime.datetime | None = None) -> None:
     """Give back rows that dead batches claimed, record the unknowns, restart stalled runs."""
     # A claim's time is the database's (stamped at the claim and refreshed at every row the
     # batch sends); ``now`` is for tests that move time forward.
-    cutoff = db_now(-SEND_LEASE) if now is None else now - SEND_LEASE
+    lease = send_lease()
+    cutoff = db_now(-lease) if now is None else now - lease
     now = now or utcnow()
     expired = Delivery.claimed_at < cutoff
     Delivery.update(state="pending", claim=None).where(
@@ -291,7 +332,7 @@ def render_run(run_id: int) -> None:
     claimed = (
         ReportRun.update(
             state="rendering",
-            lease_until=now + RENDER_LEASE,
+            lease_until=now + render_lease(),
             started_at=now,
             render_attempts=ReportRun.render_attempts + 1,
         )
@@ -312,12 +353,13 @@ def render_run(run_id: int) -> None:
             _fail(run, f"rendering did not finish in {run.render_attempts - 1} attempts")
             return
         try:
-            rendered = render(run.study, run.week)
-            stored = store().put(
-                f"reports/{run.week}/run-{run.id}.pdf",
-                io.BytesIO(rendered.pdf),
-                "application/pdf",
-            )
+            with _renewing(run.id, render_lease()):
+                rendered = render(run.study, run.week)
+                stored = store().put(
+                    f"reports/{run.week}/run-{run.id}.pdf",
+                    io.BytesIO(rendered.pdf),
+                    "application/pdf",
+                )
         except Exception as error:
             message = f"rendering failed: {type(error).__name__}: {error}"
             if run.render_attempts >= MAX_RENDER_ATTEMPTS:
@@ -346,7 +388,7 @@ def render_run(run_id: int) -> None:
         ).where((ReportRun.id == run.id) & (ReportRun.state == "rendering")).execute()
         return
     moved = (
-        ReportRun.update(state="sending", lease_until=utcnow() + SEND_LEASE)
+        ReportRun.update(state="sending", lease_until=utcnow() + send_lease())
         .where((ReportRun.id == run.id) & (ReportRun.state == "rendering"))
         .execute()
     )
@@ -445,7 +487,7 @@ def send_batch(run_id: int, delivery_ids: list[int]) -> None:
         .order_by(Delivery.id)
     )
     if rows:
-        ReportRun.update(lease_until=now + SEND_LEASE).where(
+        ReportRun.update(lease_until=now + send_lease()).where(
             (ReportRun.id == run_id) & (ReportRun.state == "sending")
         ).execute()
         try:
