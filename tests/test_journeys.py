@@ -11,7 +11,7 @@ that no journey reached fails the test. On each page:
 - no console error and no uncaught exception; no request leaves 127.0.0.1 (the context's
   route handler records every request's host and aborts any other);
 - Tab, from the top, visits every visible interactive element in document order, and each
-  one shows a focus outline;
+  one shows a focus outline with at least 3:1 contrast against what surrounds it;
 - at 390 px the document does not scroll sideways (wide tables scroll in their own box) and
   the heading and the page's buttons stay on screen.
 
@@ -53,15 +53,43 @@ BY_ADDRESS = {
 # decided before the view runs, so any well-formed value will do.
 REFUSED_ARGUMENTS = {"mrn": OWN_MRN, "connector_name": "sandbox"}
 
-# Each focused element's index (given by FOCUSABLE below) and whether its focus shows.
+# Each focused element's index (given by FOCUSABLE below), and its focus outline's contrast
+# (outline or box-shadow ring) with what surrounds it: WCAG asks 3:1; 0 when there is none.
 RECORD_FOCUS = """
 window.journeyFocus = [];
+const channels = (color) => (color.match(/[\\d.]+/g) || []).map(Number);
+const luminance = (color) => {
+  const [r, g, b] = channels(color).map((v) => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+// The outline is drawn just outside the element: on the first opaque background around it.
+const backdrop = (element) => {
+  for (let e = element.parentElement; e; e = e.parentElement) {
+    const color = getComputedStyle(e).backgroundColor;
+    const [, , , alpha] = channels(color);
+    if (alpha === undefined || alpha > 0) return color;
+  }
+  return "rgb(255, 255, 255)";
+};
+const contrast = (first, second) => {
+  const [a, b] = [luminance(first), luminance(second)];
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+};
 document.addEventListener("focusin", (event) => {
-  const style = getComputedStyle(event.target);
+  const element = event.target;
+  const style = getComputedStyle(element);
+  const around = backdrop(element);
+  const rings = [];  // an outline, and a box-shadow ring (its first colour)
+  if (style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2) {
+    rings.push(style.outlineColor);
+  }
+  if (style.boxShadow !== "none") rings.push(style.boxShadow.match(/rgba?\\([^)]*\\)/)[0]);
   window.journeyFocus.push({
-    index: event.target.dataset.journey === undefined ? -1 : Number(event.target.dataset.journey),
-    outline: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0,
-    shadow: style.boxShadow !== "none",
+    index: element.dataset.journey === undefined ? -1 : Number(element.dataset.journey),
+    contrast: Math.max(0, ...rings.map((ring) => contrast(ring, around))),
   });
 }, true);
 """
@@ -303,14 +331,14 @@ class Journey:
         )
         unseen = sorted({names[v["index"]] for v in visits if v["index"] >= 0} ^ set(names))
         assert unseen == [], f"{self.url}: Tab never reaches {unseen}"
-        hidden = sorted(
+        faint = sorted(
             {
-                names[v["index"]]
+                f"{names[v['index']]} ({v['contrast']:.1f}:1)"
                 for v in visits
-                if v["index"] >= 0 and not (v["outline"] or v["shadow"])
+                if v["index"] >= 0 and v["contrast"] < 3
             }
         )
-        assert hidden == [], f"{self.url}: no visible focus on {hidden}"
+        assert faint == [], f"{self.url}: no focus outline with 3:1 contrast on {faint}"
 
     def crawl(self) -> None:
         """Follow links and form actions until every page they lead to is checked."""
