@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException
 ROLES = ("admin", "doctor", "nurse", "patient")
 OWN_MRN = "DEMO-0001"  # the demo patient user's record
 OTHER_MRN = "DEMO-0002"
+FULL_CHART_MRN = "7792223"  # a sample patient with admissions, labs and two medications
 SHOTS = ARTIFACTS / "journeys"
 WIDE, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 # GET routes outside /api/ that are not pages a person browses to, and why.
@@ -113,7 +114,9 @@ FOCUSABLE = """() => {
   const segmented = ["date", "time", "datetime-local", "month", "week"];
   return {
     names: stops.map((e) => `${e.tagName.toLowerCase()} ${name(e)}`),
-    start: active && active.dataset.journey !== undefined ? Number(active.dataset.journey) : -1,
+    // Where the next Tab goes: the first stop after the focused element (the top if none).
+    next: active === document.body ? 0 : stops.filter((e) => e === active
+      || active.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_PRECEDING).length,
     positive: stops.filter((e) => e.tabIndex > 0).length,
     segmented: stops.filter((e) => segmented.includes(e.type)).length,
   };
@@ -270,31 +273,35 @@ class Journey:
         with self.page.expect_navigation():
             self.page.keyboard.press("Enter")
         assert "/login" not in self.url, f"{self.role} could not sign in with the keyboard"
+        # The first Tab reaches the skip link, which takes the focus past the navigation.
+        self.page.keyboard.press("Tab")
+        self.page.keyboard.press("Enter")
+        assert self.page.evaluate("document.activeElement.id") == "main"
 
     # Page checks ----------------------------------------------------------------------
 
-    def visit(self, url: str) -> None:
+    def visit(self, url: str, again: bool = False) -> None:
         response = self.page.goto(url)
         assert response.status == 200, f"{self.role}: {url} answered {response.status}"
-        self.check()
+        self.check(again)
         # A page that redirects (a patient's "/" goes to their chart) counts as checked.
         self.checked.setdefault(self.site.endpoint(url), self.url)
 
-    def check(self) -> None:
-        """Check the page the browser shows now (once per endpoint)."""
+    def check(self, again: bool = False) -> None:
+        """Check the page the browser shows now (once per endpoint, unless ``again``)."""
         page = self.page
         endpoint = self.site.endpoint(self.url)
         assert endpoint is not None, f"{self.url} is not a page"
-        if endpoint in self.checked:
+        if endpoint in self.checked and not again:
             return
-        self.checked[endpoint] = self.url
+        self.checked.setdefault(endpoint, self.url)
         # Chart sections load on their own after the page: wait for every one.
         page.wait_for_function(
             """() => [...document.querySelectorAll("[data-section-url]")]
                 .every((box) => box.childElementCount || box.classList.contains("failed"))"""
         )
         assert page.locator("h1").first.is_visible(), f"{self.url} has no heading"
-        name = f"{self.role}-{endpoint.replace('.', '-')}"
+        name = f"{self.role}-{endpoint.replace('.', '-')}{'-again' if again else ''}"
         self.seen.extend(page.evaluate(LINKS))
         self._check_keyboard()
         page.screenshot(path=str(SHOTS / f"{name}-1280.png"), full_page=True)
@@ -320,8 +327,8 @@ class Journey:
             page.keyboard.press("Tab")
         visits = page.evaluate("window.journeyFocus")
         order = [v["index"] for i, v in enumerate(visits) if i == 0 or v != visits[i - 1]]
-        start = stops["start"] + 1
-        expected = [*range(start, count), *range(0, start)][:count]
+        start = stops["next"]
+        expected = [*range(start, count), *range(0, start)]
         # Leaving the last stop, the focus goes to the browser once, then to the top again.
         got = [index for index in order if index >= 0][:count]
         assert got == expected, (
@@ -449,6 +456,10 @@ def test_journey(journey, site):
     answer_the_questionnaire(journey)
     if journey.role in KEYBOARD:
         KEYBOARD[journey.role](journey)
+        # Staff see every chart section filled on this sample patient's chart.
+        journey.visit(f"{journey.base}/patients/{FULL_CHART_MRN}", again=True)
+        text = journey.page.locator("main").inner_text()
+        assert "Admissions" in text and "Heparin" in text, text[:500]
     journey.crawl()
 
     role = journey.role
