@@ -127,6 +127,16 @@ OFF_SCREEN = """(width) => [...document.querySelectorAll(
   .filter((e) => e.checkVisibility({checkVisibilityCSS: true}) && !e.closest(".table-scroll"))
   .filter((e) => { const r = e.getBoundingClientRect(); return r.left < 0 || r.right > width; })
   .map((e) => `${e.tagName.toLowerCase()} ${e.textContent.trim().slice(0, 40)}`)"""
+# What a screen reader announces: the page's title, its language, each control's label.
+UNNAMED = """() => ({
+  title: document.title,
+  lang: document.documentElement.lang,
+  unlabelled: [...document.querySelectorAll("input, select, textarea")]
+    .filter((e) => !["hidden", "submit", "button"].includes(e.type))
+    .filter((e) => !e.labels.length && !e.getAttribute("aria-label")
+      && !e.getAttribute("aria-labelledby"))
+    .map((e) => e.id || e.name),
+})"""
 LINKS = """() => [...document.querySelectorAll("a[href], form[method=post i][action]")]
   .map((e) => new URL(e.getAttribute("href") || e.getAttribute("action"), document.baseURI).href)"""
 
@@ -301,6 +311,9 @@ class Journey:
                 .every((box) => box.childElementCount || box.classList.contains("failed"))"""
         )
         assert page.locator("h1").first.is_visible(), f"{self.url} has no heading"
+        named = page.evaluate(UNNAMED)
+        assert named["lang"] and named["title"] != "Caredeck · Caredeck", (self.url, named)
+        assert named["unlabelled"] == [], f"{self.url}: controls without a label: {named}"
         name = f"{self.role}-{endpoint.replace('.', '-')}{'-again' if again else ''}"
         self.seen.extend(page.evaluate(LINKS))
         self._check_keyboard()
