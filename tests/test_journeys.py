@@ -21,6 +21,7 @@ another patient's record.
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -398,6 +399,14 @@ def answer_the_questionnaire(journey) -> None:
     journey.type_into("#answer-symptoms", f"Typed by the {journey.role}: cough since Monday")
     journey.press_on("main button[type=submit]")
     assert page.locator("h1").inner_text().startswith("Thank you"), page.locator("h1").inner_text()
+    # While a delivery is pending the page reloads itself every 10 s, which would cut the
+    # checks short: wait for the sandbox EHR (this same server) to have them all.
+    for _ in range(60):
+        if page.locator("[data-auto-refresh]").count() == 0:
+            break
+        time.sleep(0.5)
+        page.reload()
+    assert page.locator(".ehr-state-sent").count() >= 1
     journey.check()
 
 
