@@ -56,7 +56,20 @@ function focusErrors() {
   if (summary) summary.focus();
 }
 
+// A column header that sorts is a link (a sorted list has an address); Space sorts too, as on
+// the buttons that sortable headers often are, instead of scrolling the page.
+function sortWithSpace() {
+  document.addEventListener("keydown", function (event) {
+    var link = event.target.closest && event.target.closest("thead th a[href]");
+    if (link && event.key === " ") {
+      event.preventDefault();
+      link.click();
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", loadSections);
 document.addEventListener("DOMContentLoaded", focusErrors);
 document.addEventListener("DOMContentLoaded", autoRefresh);
 document.addEventListener("DOMContentLoaded", confirmActions);
+document.addEventListener("DOMContentLoaded", sortWithSpace);

@@ -275,14 +275,14 @@ class Journey:
 
     def press_on(self, selector: str, key: str = "Enter") -> None:
         self.tab_to(selector)
-        with self.page.expect_navigation():
+        with self.page.expect_navigation(timeout=10_000):
             self.page.keyboard.press(key)
 
     def sign_in(self) -> None:
         self.page.goto(f"{self.base}/login")
         self.type_into("#email", self.email)
         self.type_into("#password", self.password)
-        with self.page.expect_navigation():
+        with self.page.expect_navigation(timeout=10_000):
             self.page.keyboard.press("Enter")
         assert "/login" not in self.url, f"{self.role} could not sign in with the keyboard"
         # The first Tab reaches the skip link, which takes the focus past the navigation.
@@ -458,6 +458,8 @@ def nurse_keyboard(journey) -> None:
     journey.press_on("main a:has-text('See the worklist as of the latest data')")
     journey.press_on("main th a:has-text('Department')")
     assert page.locator("th[aria-sort]").inner_text().startswith("Department")
+    journey.press_on("main th a:has-text('Room')", "Space")
+    assert page.locator("th[aria-sort]").inner_text().startswith("Room")
     assert page.locator("tbody tr").count() > 1
 
     page.goto(f"{journey.base}/reports/subscriptions")
