@@ -10,13 +10,16 @@ that no journey reached fails the test. On each page:
 - it answers 200 and has a heading; screenshots at 1280 and 390 px go to artifacts/journeys/;
 - no console error and no uncaught exception; no request leaves 127.0.0.1 (the context's
   route handler records every request's host and aborts any other);
-- Tab, from the top, visits every visible interactive element in document order, and each
-  one shows a focus outline with at least 3:1 contrast against what surrounds it;
+- Tab visits every visible interactive element in document order (from wherever the page
+  puts the focus, round to the top), no positive tabindex, and each one shows a focus ring
+  with at least 3:1 contrast against what surrounds it; every field has a label, the page a
+  title and a language;
 - at 390 px the document does not scroll sideways (wide tables scroll in their own box) and
   the heading and the page's buttons stay on screen.
 
 Then every page of another role answers 403, and a patient's own-record pages answer 404 for
-another patient's record.
+another patient's record; a visitor who is not signed in is sent to sign in from every page
+that is not public.
 """
 
 from __future__ import annotations
