@@ -142,6 +142,7 @@ UNNAMED = """() => ({
       && !e.getAttribute("aria-labelledby"))
     .map((e) => e.id || e.name),
 })"""
+NEXT_FRAME = "() => new Promise((resolve) => requestAnimationFrame(() => resolve()))"
 LINKS = """() => [...document.querySelectorAll("a[href], form[method=post i][action]")]
   .map((e) => new URL(e.getAttribute("href") || e.getAttribute("action"), document.baseURI).href)"""
 
@@ -324,22 +325,26 @@ class Journey:
         self._check_keyboard()
         page.screenshot(path=str(SHOTS / f"{name}-1280.png"), full_page=True)
         page.set_viewport_size(PHONE)
+        page.evaluate(NEXT_FRAME)  # the page's resize handlers have run
         try:
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= PHONE["width"], f"{self.url} is {width} px wide on a 390 px screen"
             off_screen = page.evaluate(OFF_SCREEN, PHONE["width"])
             assert off_screen == [], f"{self.url} at 390 px: off screen: {off_screen}"
+            self._check_keyboard()
             page.screenshot(path=str(SHOTS / f"{name}-390.png"), full_page=True)
         finally:
             page.set_viewport_size(WIDE)
+            page.evaluate(NEXT_FRAME)
 
     def _check_keyboard(self) -> None:
         """Tab from where the page starts goes through every stop in document order (from
         the top again after the last), each with a visible focus."""
         page = self.page
+        where = f"{self.url} at {page.viewport_size['width']} px"
         stops = page.evaluate(FOCUSABLE)
         names, count = stops["names"], len(stops["names"])
-        assert stops["positive"] == 0, f"{self.url}: a positive tabindex reorders Tab"
+        assert stops["positive"] == 0, f"{where}: a positive tabindex reorders Tab"
         # Date and time inputs take a Tab per part (day, month, year...) before letting go.
         for _ in range(count + 6 * stops["segmented"] + 2):
             page.keyboard.press("Tab")
@@ -350,12 +355,12 @@ class Journey:
         # Leaving the last stop, the focus goes to the browser once, then to the top again.
         got = [index for index in order if index >= 0][:count]
         assert got == expected, (
-            f"{self.url}: Tab order differs from the document's.\n"
+            f"{where}: Tab order differs from the document's.\n"
             f"expected: {[names[i] for i in expected]}\n"
             f"got:      {[names[i] for i in got]}"
         )
         unseen = sorted({names[v["index"]] for v in visits if v["index"] >= 0} ^ set(names))
-        assert unseen == [], f"{self.url}: Tab never reaches {unseen}"
+        assert unseen == [], f"{where}: Tab never reaches {unseen}"
         faint = sorted(
             {
                 f"{names[v['index']]} ({v['contrast']:.1f}:1)"
@@ -363,7 +368,7 @@ class Journey:
                 if v["index"] >= 0 and v["contrast"] < 3
             }
         )
-        assert faint == [], f"{self.url}: no focus outline with 3:1 contrast on {faint}"
+        assert faint == [], f"{where}: no focus outline with 3:1 contrast on {faint}"
 
     def crawl(self) -> None:
         """Follow links and form actions until every page they lead to is checked."""
