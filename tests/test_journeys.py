@@ -323,7 +323,7 @@ class Journey:
         name = f"{self.role}-{endpoint.replace('.', '-')}{'-again' if again else ''}"
         self.seen.extend(page.evaluate(LINKS))
         self._check_keyboard()
-        page.screenshot(path=str(SHOTS / f"{name}-1280.png"), full_page=True)
+        self._screenshot(f"{name}-1280.png")
         page.set_viewport_size(PHONE)
         page.evaluate(NEXT_FRAME)  # the page's resize handlers have run
         try:
@@ -332,10 +332,18 @@ class Journey:
             off_screen = page.evaluate(OFF_SCREEN, PHONE["width"])
             assert off_screen == [], f"{self.url} at 390 px: off screen: {off_screen}"
             self._check_keyboard()
-            page.screenshot(path=str(SHOTS / f"{name}-390.png"), full_page=True)
+            self._screenshot(f"{name}-390.png")
         finally:
             page.set_viewport_size(WIDE)
             page.evaluate(NEXT_FRAME)
+
+    def _screenshot(self, name: str) -> None:
+        """The whole page, down to 3000 px: enough to judge a layout, and long tables (the
+        source-data page) would take seconds more to render."""
+        width = self.page.viewport_size["width"]
+        height = min(self.page.evaluate("document.documentElement.scrollHeight"), 3000)
+        clip = {"x": 0, "y": 0, "width": width, "height": height}
+        self.page.screenshot(path=str(SHOTS / name), full_page=True, clip=clip)
 
     def _check_keyboard(self) -> None:
         """Tab from where the page starts goes through every stop in document order (from
