@@ -440,7 +440,7 @@ def admin_keyboard(journey) -> None:
     journey.type_into("#mapping-note", "Symptoms in capitals, typed")
     journey.press_on("button[value=save]")
     assert "Saved as version 2" in page.locator(".notice").inner_text()
-    journey.press_on("#diff-to ~ button, form[action$='/diff'] button")
+    journey.press_on("form[action$='/diff'] button[type=submit]")  # versions 2 and 1
     assert "version 1 → version 2" in page.locator("h1").inner_text()
     journey.check()
 
@@ -465,8 +465,7 @@ def nurse_keyboard(journey) -> None:
     page = journey.page
     page.goto(f"{journey.base}/")
     journey.type_into("main input[name=q]", "Lindqvist")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+    journey.press_on("main input[name=q]")  # Enter in the field searches
     assert page.locator(f"main a:text-is('{OWN_MRN}')").count() == 1
 
     # The worklist as of its data, sorted from the keyboard by a column header.
