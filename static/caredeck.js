@@ -15,6 +15,7 @@ function loadSections() {
         return response.text().then(function (html) {
           box.innerHTML = html;
           if (!response.ok) box.classList.add("failed");
+          scrollableTables();
         });
       })
       .catch(function () {
@@ -56,7 +57,49 @@ function focusErrors() {
   if (summary) summary.focus();
 }
 
+// A table wider than the screen scrolls inside its .table-scroll box. Such a box becomes a
+// Tab stop named after its table, so that keyboard users can scroll it with the arrow keys in
+// every browser, and screen readers say what it holds; a box that fits is left alone.
+function scrollableTables() {
+  document.querySelectorAll(".table-scroll").forEach(function (box) {
+    if (box.scrollWidth > box.clientWidth) {
+      box.tabIndex = 0;
+      box.setAttribute("role", "region");
+      box.setAttribute("aria-label", tableName(box));
+    } else {
+      box.removeAttribute("tabindex");
+      box.removeAttribute("role");
+      box.removeAttribute("aria-label");
+    }
+  });
+}
+
+// The table's caption, else the heading just before its box.
+function tableName(box) {
+  var caption = box.querySelector("caption");
+  if (caption) return caption.textContent.trim();
+  for (var element = box.previousElementSibling; element; element = element.previousElementSibling) {
+    if (/^H[1-6]$/.test(element.tagName)) return element.textContent.trim();
+  }
+  return "Table";
+}
+
+// A column header that sorts is a link (a sorted list has an address); Space sorts too, as on
+// the buttons that sortable headers often are, instead of scrolling the page.
+function sortWithSpace() {
+  document.addEventListener("keydown", function (event) {
+    var link = event.target.closest && event.target.closest("thead th a[href]");
+    if (link && event.key === " ") {
+      event.preventDefault();
+      link.click();
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", loadSections);
 document.addEventListener("DOMContentLoaded", focusErrors);
 document.addEventListener("DOMContentLoaded", autoRefresh);
 document.addEventListener("DOMContentLoaded", confirmActions);
+document.addEventListener("DOMContentLoaded", sortWithSpace);
+document.addEventListener("DOMContentLoaded", scrollableTables);
+window.addEventListener("resize", scrollableTables);

@@ -1,83 +1,18 @@
 """The first README line as a new user runs it, and the API docs in headless Chromium."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-# Chromium, as root, in a closed network: no sandbox, nothing phoned home at start.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_or_skip() -> str:
-    if shutil.which(CHROMIUM):
-        return CHROMIUM
-    message = f"{CHROMIUM} is not installed (apt-get install chromium)"
-    if os.environ.get("CAREDECK_REQUIRE_SERVICES") == "1":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from browser_support import ARTIFACTS, CHROMIUM_ARGS, chromium_or_skip, demo_server, sign_in
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """``caredeck serve --demo`` on a fresh instance folder, as the README's first line."""
-    instance = tmp_path_factory.mktemp("instance")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDECK_")}
-    env["CAREDECK_INSTANCE_PATH"] = str(instance)
-    log = open(instance / "serve.log", "w")  # noqa: SIM115 (closed below)
-    started = time.monotonic()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "core", "serve", "--demo", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() - started > 60:
-                raise AssertionError(
-                    "caredeck serve --demo did not serve /healthz within 60 s:\n"
-                    + (instance / "serve.log").read_text()
-                )
-            time.sleep(0.2)
-        print(f"/healthz answered {time.monotonic() - started:.1f} s after start")
-        yield {"base": base, "instance": instance}
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
-        log.close()
+    with demo_server(tmp_path_factory.mktemp("instance")) as server:
+        yield server
 
 
 def test_the_demo_prints_one_user_per_role(demo):
@@ -98,7 +33,7 @@ def test_api_docs_work_in_chromium_without_leaving_the_machine(demo):
     from playwright.sync_api import sync_playwright
 
     executable = chromium_or_skip()
-    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    credentials = demo["credentials"]
     request = urllib.request.Request(
         f"{demo['base']}/api/auth/token",
         data=json.dumps(
@@ -141,13 +76,6 @@ def test_api_docs_work_in_chromium_without_leaving_the_machine(demo):
     assert console_errors == []
 
 
-def sign_in(page, base, email, password):
-    page.goto(f"{base}/login")
-    page.fill("#email", email)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
-
-
 @pytest.mark.browser
 def test_sign_up_approval_sign_in_search_chart_and_sign_out(demo):
     """Issue 3's journey: a new nurse asks for an account, an admin approves it, and the nurse
@@ -156,7 +84,7 @@ def test_sign_up_approval_sign_in_search_chart_and_sign_out(demo):
 
     executable = chromium_or_skip()
     base = demo["base"]
-    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    credentials = demo["credentials"]
     email, password = "new.nurse@example.org", "lantern orbit cedar fable"
     hosts, problems = set(), []
     ARTIFACTS.mkdir(exist_ok=True)
@@ -228,7 +156,7 @@ def test_the_worklist_in_chromium(demo):
 
     executable = chromium_or_skip()
     base = demo["base"]
-    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    credentials = demo["credentials"]
     hosts, problems = set(), []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -264,7 +192,7 @@ def test_the_medication_timeline_in_chromium(demo):
 
     executable = chromium_or_skip()
     base = demo["base"]
-    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    credentials = demo["credentials"]
     hosts, problems = set(), []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -303,7 +231,7 @@ def test_interactions_in_chromium(demo):
 
     executable = chromium_or_skip()
     base = demo["base"]
-    credentials = json.loads((demo["instance"] / "demo-credentials.json").read_text())
+    credentials = demo["credentials"]
     summary = "Browser check: chest clear, walking again"
     hosts, problems = set(), []
     with sync_playwright() as playwright:

@@ -6,17 +6,12 @@ mapped by the new version."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
-from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_or_skip, free_port, sign_in
+from browser_support import ARTIFACTS, CHROMIUM_ARGS, chromium_or_skip, demo_server, sign_in
 
 DEMO_MRN = "DEMO-0001"  # the demo patient user's record, linked to the sandbox EHR (SBX-1001)
 SYMPTOMS = "Tos y fiebre desde el <lunes>"
@@ -25,39 +20,8 @@ SYMPTOMS = "Tos y fiebre desde el <lunes>"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """``caredeck serve --demo``, its sandbox organization pointing at this very server."""
-    instance = tmp_path_factory.mktemp("instance")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDECK_")}
-    env["CAREDECK_INSTANCE_PATH"] = str(instance)
-    env["CAREDECK_EHR_SANDBOX_URL"] = f"{base}/ehr-sandbox"
-    log = open(instance / "serve.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "core", "serve", "--demo", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    started = time.monotonic()
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() - started > 60:
-                raise AssertionError(
-                    "caredeck serve --demo did not start:\n" + (instance / "serve.log").read_text()
-                )
-            time.sleep(0.2)
-        credentials = json.loads((instance / "demo-credentials.json").read_text())
-        yield {"base": base, "credentials": credentials, "instance": instance}
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
-        log.close()
+    with demo_server(tmp_path_factory.mktemp("instance"), sandbox_ehr=True) as server:
+        yield server
 
 
 @pytest.mark.browser
