@@ -31,8 +31,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import kombu
 import psycopg2
 import pytest
+import redis
 import requests
 import yaml
 from aiosmtpd.controller import Controller
@@ -45,7 +47,7 @@ from private_servers import (
     wait_until,
 )
 
-from core.testing import SMTPSink
+from core.testing import SMTPSink, reset_postgresql, service_url
 
 pytestmark = pytest.mark.integration
 
@@ -331,65 +333,79 @@ def sink():
     controller.stop()
 
 
-@pytest.fixture(scope="module")
-def fleet(servers, sink, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet")
-    (root / "incoming").mkdir()
-    pg, redis_server, rabbitmq = servers["postgres"], servers["redis"], servers["rabbitmq"]
-    env = {
+def base_env(root: Path, database_url: str, amqp_url: str, redis_url: str, smtp_url: str):
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("CAREDECK_")},
-        "CAREDECK_DATABASE_URL": pg.url,
-        "CAREDECK_AMQP_URL": rabbitmq.url,
-        "CAREDECK_DRAMATIQ_URL": redis_server.url(0),
-        "CAREDECK_REDIS_URL": redis_server.url(1),
-        "CAREDECK_SMTP_URL": sink.url,
+        "CAREDECK_DATABASE_URL": database_url,
+        "CAREDECK_AMQP_URL": amqp_url,
+        "CAREDECK_DRAMATIQ_URL": redis_url,
+        "CAREDECK_REDIS_URL": redis_url,
+        "CAREDECK_SMTP_URL": smtp_url,
         "CAREDECK_STORAGE_URL": f"file://{root}/files",
         "CAREDECK_INSTANCE_PATH": str(root / "instance"),
         "CAREDECK_SECRET_KEY": secrets.token_urlsafe(32),
         "CAREDECK_SECURE_COOKIES": "false",
         "CAREDECK_LOG_LEVEL": "WARNING",
-        # Small batches, so that a run has several jobs for two workers to share; leases a
-        # test can wait out (the defaults are 120 s and 10 min).
-        "CAREDECK_REPORTING_BATCH_SIZE": "5",
-        "CAREDECK_REPORTING_RENDER_LEASE_SECONDS": "8",
-        "CAREDECK_REPORTING_SEND_LEASE_SECONDS": "15",
         "CAREDECK_REPORTING_PUBLIC_URL": "http://127.0.0.1:8000",
     }
+
+
+def launch(fleet: Fleet, copies: int, subscribe=None) -> None:
+    """Migrate (Compose's ``migrate``), create the admin, then start ``copies`` of each role
+    and the publisher, and sign the admin in."""
+    env, root = fleet.env, fleet.root
+    migrate = subprocess.run(
+        compose_argv("migrate"), env=env, cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    created = subprocess.run(
+        [str(BIN / "caredeck"), "users", "create", "admin@scale.test", "--role", "admin"]
+        + ["--password-stdin"],
+        input=PASSWORD,
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    if subscribe:
+        subscribe(env)
+    fleet.publisher_port = fleet.start_web("publisher", "publisher")
+    for n in range(1, copies + 1):
+        fleet.web_ports.append(fleet.start_web(f"web-{n}"))
+        fleet.start(f"worker-{n}", compose_argv("worker"))
+        argv = compose_argv("consumer")
+        argv[argv.index("--heartbeat-file") + 1] = str(root / f"consumer-{n}.alive")
+        fleet.start(f"consumer-{n}", argv)
+        fleet.start(f"scheduler-{n}", compose_argv("scheduler"))
+    answer = fleet.call(
+        "POST", "/api/auth/token", json={"email": "admin@scale.test", "password": PASSWORD}
+    )
+    assert answer.status_code == 200, answer.text
+    fleet.token = answer.json()["access_token"]
+
+
+@pytest.fixture(scope="module")
+def fleet(servers, sink, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    (root / "incoming").mkdir()
+    pg, redis_server, rabbitmq = servers["postgres"], servers["redis"], servers["rabbitmq"]
+    env = base_env(root, pg.url, rabbitmq.url, redis_server.url(0), sink.url)
+    env.update(
+        # Small batches, so that a run has several jobs for two workers to share; leases a
+        # test can wait out (the defaults are 120 s and 10 min).
+        CAREDECK_REPORTING_BATCH_SIZE="5",
+        CAREDECK_REPORTING_RENDER_LEASE_SECONDS="8",
+        CAREDECK_REPORTING_SEND_LEASE_SECONDS="15",
+    )
     fleet = Fleet(root, env, pg.url)
     try:
-        migrate = subprocess.run(
-            compose_argv("migrate"), env=env, cwd=root, capture_output=True, text=True, timeout=120
-        )
-        assert migrate.returncode == 0, migrate.stderr
-        created = subprocess.run(
-            [str(BIN / "caredeck"), "users", "create", "admin@scale.test", "--role", "admin"]
-            + ["--password-stdin"],
-            input=PASSWORD,
-            env=env,
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert created.returncode == 0, created.stderr
-        _subscribe(env)
-        fleet.publisher_port = fleet.start_web("publisher", "publisher")
-        for n in (1, 2):
-            fleet.web_ports.append(fleet.start_web(f"web-{n}"))
-            fleet.start(f"worker-{n}", compose_argv("worker"))
-            argv = compose_argv("consumer")
-            argv[argv.index("--heartbeat-file") + 1] = str(root / f"consumer-{n}.alive")
-            fleet.start(f"consumer-{n}", argv)
-            fleet.start(f"scheduler-{n}", compose_argv("scheduler"))
+        launch(fleet, copies=2, subscribe=_subscribe)
         fleet.start(
             "ingest",
             [str(BIN / "caredeck"), "ingest", str(root / "incoming"), "--watch", "--interval", "1"],
         )
-        answer = fleet.call(
-            "POST", "/api/auth/token", json={"email": "admin@scale.test", "password": PASSWORD}
-        )
-        assert answer.status_code == 200, answer.text
-        fleet.token = answer.json()["access_token"]
         yield fleet
     finally:
         fleet.stop_all()
@@ -416,6 +432,56 @@ with app.app_context(), database.connection_context():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_every_role_runs_against_the_machines_own_servers(tmp_path):
+    """Each Compose command line, once, against the machine's PostgreSQL, Redis and
+    RabbitMQ (the test database, the test Redis database, queues of its own): events go from
+    the publisher through RabbitMQ to the consumer and into PostgreSQL, a report is rendered
+    by the worker through Redis, the scheduler runs, and the web reports every backend up."""
+    database_url = service_url("database")
+    reset_postgresql(database_url)
+    redis_url = service_url("redis")
+    redis.Redis.from_url(redis_url).flushdb()
+    suffix = secrets.token_hex(4)
+    env = base_env(
+        tmp_path, database_url, service_url("amqp"), redis_url, f"file://{tmp_path}/outbox"
+    )
+    env["CAREDECK_MEDICATIONS_EXCHANGE"] = f"test-{suffix}.medications"
+    env["CAREDECK_MEDICATIONS_QUEUE"] = f"test-{suffix}.medications.events"
+    fleet = Fleet(tmp_path, env, database_url)
+    try:
+        launch(fleet, copies=1)
+        assert fleet.publish(30, batch=10, workers=1) == 30
+        fleet.wait_for_events(30, seconds=60)
+        answer = fleet.call("POST", "/api/report-runs", json={"week": WEEKS[0], "dry_run": True})
+        assert answer.status_code == 202, answer.text
+        assert fleet.wait_for_run(answer.json()[0]["id"], seconds=120)["state"] == "succeeded"
+        ready = requests.get(f"http://127.0.0.1:{fleet.web_ports[0]}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        heartbeat = subprocess.run(
+            [sys.executable, "-m", "core.heartbeat", str(tmp_path / "consumer-1.alive"), "30"],
+            capture_output=True,
+        )
+        assert heartbeat.returncode == 0, heartbeat.stderr
+        assert "Scheduler running" in (tmp_path / "scheduler-1.log").read_text()
+        fleet.assert_alive()
+    finally:
+        fleet.stop_all()
+        _delete_topology(env)
+
+
+def _delete_topology(env: dict[str, str]) -> None:
+    with kombu.Connection(env["CAREDECK_AMQP_URL"]) as connection:
+        channel = connection.default_channel
+        queue = env["CAREDECK_MEDICATIONS_QUEUE"]
+        exchange = env["CAREDECK_MEDICATIONS_EXCHANGE"]
+        for name in (queue, f"{queue}.dead"):
+            with contextlib.suppress(Exception):
+                channel.queue_delete(name)
+        for name in (exchange, f"{exchange}.dead-letter"):
+            with contextlib.suppress(Exception):
+                channel.exchange_delete(name)
 
 
 # The tests run in this order: each starts from the counts the previous one left. ----------
