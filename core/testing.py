@@ -20,9 +20,10 @@ per request, per job and per message (PostgreSQL's come from a pool, closed afte
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -77,14 +78,20 @@ def reset_postgresql(url: str) -> None:
         close_pool(database)
 
 
+def fresh_postgresql_url() -> str:
+    """The PostgreSQL test database's URL, its schema emptied (skip, or fail, without one);
+    a module that runs on PostgreSQL only returns it from its ``caredeck_database_url``."""
+    url = service_url("database")
+    reset_postgresql(url)
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def caredeck_database_url(request, tmp_path) -> str:
     """Each database test runs on SQLite and on PostgreSQL (a clean schema each time)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/caredeck.db"
-    url = service_url("database")
-    reset_postgresql(url)
-    return url
+    return fresh_postgresql_url()
 
 
 @pytest.fixture
@@ -343,17 +350,14 @@ class SMTPSink:
         return "250 Message accepted for delivery"
 
 
-@pytest.fixture
-def smtp_sink():
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 at a free port, collecting what it accepts.
-
-    ``smtp_sink.url`` is an ``SMTP_URL`` for it; ``smtp_sink.messages`` the parsed messages.
-    """
+@contextlib.contextmanager
+def serving(sink: SMTPSink) -> Iterator[SMTPSink]:
+    """Run ``sink`` as a real SMTP server (aiosmtpd) on 127.0.0.1, at a free port, until the
+    block ends."""
     import socket
 
     from aiosmtpd.controller import Controller
 
-    sink = SMTPSink()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         sink.port = probe.getsockname()[1]
@@ -363,3 +367,13 @@ def smtp_sink():
         yield sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_sink():
+    """A real SMTP server collecting what it accepts (:func:`serving`).
+
+    ``smtp_sink.url`` is an ``SMTP_URL`` for it; ``smtp_sink.messages`` the parsed messages.
+    """
+    with serving(SMTPSink()) as sink:
+        yield sink

@@ -40,7 +40,7 @@ from core.auth.access import PUBLIC, ROLES, declared_access
 from core.auth.models import ApiToken, User
 from core.db import database
 from core.patients.models import Patient
-from core.testing import reset_postgresql, service_url
+from core.testing import fresh_postgresql_url, service_url
 from plugins.medications import bus
 
 pytestmark = pytest.mark.integration
@@ -69,9 +69,7 @@ def caredeck_plugins():
 
 @pytest.fixture
 def caredeck_database_url():
-    url = service_url("database")
-    reset_postgresql(url)
-    return url
+    return fresh_postgresql_url()
 
 
 @pytest.fixture

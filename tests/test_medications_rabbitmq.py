@@ -18,7 +18,7 @@ from helpers import consume_everything
 
 from core.db import database
 from core.messaging import REASON_HEADER
-from core.testing import reset_postgresql, service_url
+from core.testing import fresh_postgresql_url, service_url
 from plugins.medications import bus
 from plugins.medications import plugin as medications
 from plugins.medications.events import parse
@@ -35,9 +35,7 @@ def caredeck_plugins():
 @pytest.fixture
 def caredeck_database_url():
     """Only PostgreSQL: several processes write at once."""
-    url = service_url("database")
-    reset_postgresql(url)
-    return url
+    return fresh_postgresql_url()
 
 
 @pytest.fixture

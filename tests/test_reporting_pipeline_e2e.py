@@ -12,7 +12,7 @@ from PIL import Image
 from pypdf import PdfReader
 
 from core.db import utcnow
-from core.testing import reset_postgresql, service_url
+from core.testing import fresh_postgresql_url, service_url
 from plugins.reporting import plugin as reporting
 from plugins.reporting.reports import api as reports_api
 from plugins.reporting.reports import pipeline, timing
@@ -27,9 +27,7 @@ def caredeck_plugins():
 
 @pytest.fixture
 def caredeck_database_url():
-    url = service_url("database")
-    reset_postgresql(url)
-    return url
+    return fresh_postgresql_url()
 
 
 @pytest.fixture

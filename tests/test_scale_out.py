@@ -37,7 +37,6 @@ import pytest
 import redis
 import requests
 import yaml
-from aiosmtpd.controller import Controller
 from private_servers import (
     PrivatePostgres,
     PrivateRabbitMQ,
@@ -47,7 +46,7 @@ from private_servers import (
     wait_until,
 )
 
-from core.testing import SMTPSink, reset_postgresql, service_url
+from core.testing import SMTPSink, fresh_postgresql_url, service_url, serving
 
 pytestmark = pytest.mark.integration
 
@@ -325,12 +324,8 @@ def servers():
 
 @pytest.fixture(scope="module")
 def sink():
-    sink = SlowSink()
-    sink.port = free_port()
-    controller = Controller(sink, hostname=sink.host, port=sink.port, data_size_limit=0)
-    controller.start()
-    yield sink
-    controller.stop()
+    with serving(SlowSink()) as sink:
+        yield sink
 
 
 def base_env(root: Path, database_url: str, amqp_url: str, redis_url: str, smtp_url: str):
@@ -439,8 +434,7 @@ def test_every_role_runs_against_the_machines_own_servers(tmp_path):
     RabbitMQ (the test database, the test Redis database, queues of its own): events go from
     the publisher through RabbitMQ to the consumer and into PostgreSQL, a report is rendered
     by the worker through Redis, the scheduler runs, and the web reports every backend up."""
-    database_url = service_url("database")
-    reset_postgresql(database_url)
+    database_url = fresh_postgresql_url()
     redis_url = service_url("redis")
     redis.Redis.from_url(redis_url).flushdb()
     suffix = secrets.token_hex(4)
