@@ -7,8 +7,10 @@ A missing or malformed setting stops start-up with one sentence naming it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -220,12 +222,20 @@ CORE_SETTINGS: tuple[Setting, ...] = (
 
 
 def _instance_secret(settings: Mapping[str, Any]) -> str:
+    """The embedded installation's secret key, made on first use. Processes that start at
+    the same moment (gunicorn's workers) each write a draft and link it into place: the first
+    link wins and every process reads that key, never a half-written one."""
     path = Path(settings["INSTANCE_PATH"]) / "secret_key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
+        fd, draft = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+            with contextlib.suppress(FileExistsError):  # another process was first
+                os.link(draft, path)
+        finally:
+            os.unlink(draft)
     return path.read_text().strip()
 
 

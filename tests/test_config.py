@@ -1,5 +1,6 @@
 """Settings: embedded defaults, environment overrides, one sentence for each bad value."""
 
+import multiprocessing
 import os
 import stat
 
@@ -30,6 +31,34 @@ def test_an_embedded_secret_key_is_generated_once_and_kept_private(tmp_path):
     assert first == second and len(first) >= 32
     mode = stat.S_IMODE(os.stat(tmp_path / "secret_key").st_mode)
     assert mode == 0o600
+
+
+def _secret_key_when_released(folder, barrier, results) -> None:
+    barrier.wait()
+    try:
+        results.put(read({"CAREDECK_INSTANCE_PATH": folder})["SECRET_KEY"])
+    except Exception as error:  # noqa: BLE001 (reported to the test)
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def test_processes_starting_at_once_share_one_embedded_secret_key(tmp_path):
+    """gunicorn's workers boot together: each must read the one key, none may fail on it
+    (one did: it found the file created by another and refused to create it again)."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(10):
+        folder = str(tmp_path / str(attempt))
+        barrier, results = context.Barrier(6), context.Queue()
+        workers = [
+            context.Process(target=_secret_key_when_released, args=(folder, barrier, results))
+            for _ in range(6)
+        ]
+        for worker in workers:
+            worker.start()
+        keys = [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+        assert len(set(keys)) == 1 and len(keys[0]) >= 32, keys
+        assert os.listdir(folder) == ["secret_key"]  # no draft left behind
 
 
 def test_production_values_come_from_the_same_settings(tmp_path):
